@@ -1,0 +1,1171 @@
+"""The Modellix HTTP client: submit, poll and download, with every answer classified.
+
+One :class:`ModellixClient` owns one :class:`httpx.AsyncClient` (connection pooling) and turns
+every answer of the API into either a typed result (:class:`Submitted`, :class:`TaskStatus`,
+:class:`DownloadResult`) or an :class:`ApiError` subclass whose attributes tell the runner what
+to do next (``retryable``, ``ambiguous``, ``retry_after``, ``stops_run``).
+
+Security rules kept here:
+
+- The API key is only ever sent in the ``Authorization`` header, and only to the origin
+  (scheme, host, port) of the configured base URL. Result files usually live on a CDN: they are
+  downloaded without the key. The key never appears in an exception message, a ``repr`` or a log
+  line written by this module; every error message is scrubbed of it before it leaves the client.
+- The base URL must be https, except for loopback hosts (127.0.0.0/8, ::1, localhost).
+- Tasks are always polled on the configured base URL: a ``get_result.url`` that points to another
+  origin is ignored, so a hostile or misconfigured answer cannot make the client send the key to
+  another host or poll a look-alike server.
+- Answers are read with a size cap (JSON answers: 1 MiB, downloads: 50 MiB by default, checked
+  against both ``Content-Length`` and the bytes actually received), every call has an overall
+  deadline, and downloads follow at most three redirects, each https or loopback only.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import hashlib
+import ipaddress
+import json
+import logging
+import math
+import os
+import re
+import time
+import unicodedata
+from collections.abc import AsyncIterator, Generator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import timezone
+from types import TracebackType
+from typing import Any, BinaryIO, Literal
+from urllib.parse import quote
+
+import anyio
+import httpx
+
+from batchgen import __version__
+
+__all__ = [
+    "DEFAULT_BASE_URL",
+    "MAX_RETRY_AFTER",
+    "ApiError",
+    "AuthError",
+    "ConfigError",
+    "DownloadResult",
+    "ModellixClient",
+    "NotFound",
+    "PaymentRequired",
+    "ProtocolError",
+    "RateLimited",
+    "Rejected",
+    "Resource",
+    "ResultExpired",
+    "ServerError",
+    "Submitted",
+    "TaskState",
+    "TaskStatus",
+    "TransportFailure",
+    "api_key_from_env",
+    "parse_retry_after",
+    "resolve_base_url",
+    "validate_base_url",
+]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_BASE_URL = "https://api.modellix.ai"
+ENV_API_KEY = "MODELLIX_API_KEY"
+ENV_BASE_URL = "MODELLIX_BASE_URL"
+#: Longest wait honoured from ``Retry-After`` / ``X-RateLimit-Reset`` (seconds); a larger value
+#: (or a hostile one) is clamped so that a single answer cannot stall a run for days.
+MAX_RETRY_AFTER = 3600.0
+MAX_TASK_ID_LENGTH = 200
+MAX_REDIRECTS = 3
+
+_TASK_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:=+~-]*")
+_SUBMIT_PATH_RE = re.compile(r"/[A-Za-z0-9._~/@+-]*")
+_FORMAT_RE = re.compile(r"[a-z0-9]{1,10}")
+_TAG_RE = re.compile(r"<[^>]{0,500}>")
+_SUCCESS_STATUSES = frozenset({"success", "completed", "succeeded"})
+_FAILED_STATUSES = frozenset({"failed", "error", "canceled", "cancelled"})
+_SNIPPET_CHARS = 200
+_MESSAGE_CHARS = 500
+
+TaskState = Literal["running", "success", "failed"]
+Operation = Literal["submit", "poll", "download"]
+
+
+# --------------------------------------------------------------------------------------------
+# Errors
+# --------------------------------------------------------------------------------------------
+
+
+class ApiError(Exception):
+    """Base class of every error raised by the client; never contains the API key.
+
+    Attributes:
+        message: human-readable reason (also ``str(exc)``).
+        status: the effective status: the HTTP status, or the ``code`` of an HTTP 200 answer
+            whose body carries an HTTP-like error code; ``None`` for network failures.
+        http_status: the HTTP status actually received (``None`` if no answer was received).
+        operation: ``"submit"``, ``"poll"``, ``"download"`` or ``None`` (configuration).
+        retryable: trying the same call again later may succeed.
+        ambiguous: a submit whose outcome is unknown: the request may have reached the provider
+            and created a (billed) task. Only ever true for submits.
+        retry_after: seconds the server asked to wait (``Retry-After`` / ``X-RateLimit-Reset``).
+        stops_run: the whole run must stop submitting (401, 402, unknown model, bad config).
+    """
+
+    default_retryable = False
+    default_stops_run = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        http_status: int | None = None,
+        operation: str | None = None,
+        retryable: bool | None = None,
+        ambiguous: bool = False,
+        retry_after: float | None = None,
+        stops_run: bool | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.http_status = http_status if http_status is not None else status
+        self.operation = operation
+        self.retryable = self.default_retryable if retryable is None else retryable
+        self.ambiguous = ambiguous
+        self.retry_after = retry_after
+        self.stops_run = self.default_stops_run if stops_run is None else stops_run
+
+    def __str__(self) -> str:
+        return self.message
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}({self.message!r}, status={self.status}, "
+            f"retryable={self.retryable}, ambiguous={self.ambiguous}, "
+            f"retry_after={self.retry_after}, stops_run={self.stops_run})"
+        )
+
+    def _scrub(self, secret: str | None) -> None:
+        """Remove *secret* from the message (defence in depth: a server may echo it)."""
+        if secret and secret in self.message:
+            self.message = self.message.replace(secret, "[redacted]")
+            self.args = (self.message,)
+
+
+class Rejected(ApiError):
+    """400 (or another 4xx without a special meaning): the request itself is invalid."""
+
+
+class AuthError(ApiError):
+    """401/403: missing, invalid or unauthorised API key. Stops the run."""
+
+    default_stops_run = True
+
+
+class PaymentRequired(ApiError):
+    """402: insufficient balance. Stops the run."""
+
+    default_stops_run = True
+
+
+class NotFound(ApiError):
+    """404: unknown model (on submit: stops the run) or unknown task (on poll)."""
+
+
+class RateLimited(ApiError):
+    """429: request-rate or concurrent-task limit; ``retry_after`` when the server said."""
+
+    default_retryable = True
+
+
+class ServerError(ApiError):
+    """5xx (and 408/425): the provider failed; retryable; ambiguous on submit."""
+
+    default_retryable = True
+
+
+class TransportFailure(ApiError):
+    """No usable answer: timeout, refused or dropped connection, short download."""
+
+    default_retryable = True
+
+
+class ProtocolError(ApiError):
+    """An answer that breaks the API's contract: non-JSON, wrong shape, unknown code, too big."""
+
+    default_retryable = True
+
+
+class ResultExpired(ApiError):
+    """Download got 403/404/410: the temporary result URL is gone; generate the task again."""
+
+
+class ConfigError(ApiError):
+    """Bad configuration (base URL, key, submit path). Stops the run."""
+
+    default_stops_run = True
+
+
+# --------------------------------------------------------------------------------------------
+# Results
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Submitted:
+    """A task the provider accepted.
+
+    ``poll_url`` is the answer's ``get_result.url`` when it is on the base URL's origin,
+    else ``None`` (the client then polls ``/api/v1/tasks/{task_id}``).
+    """
+
+    task_id: str
+    poll_url: str | None = None
+
+
+@dataclass(frozen=True)
+class Resource:
+    """One result file of a finished task.
+
+    ``format`` is lower-case alphanumeric (at most 10 chars) or ``None``: it is safe to use as a
+    file extension. ``width``/``height`` are positive ints or ``None``.
+    """
+
+    url: str
+    type: str | None = None
+    width: int | None = None
+    height: int | None = None
+    format: str | None = None
+    role: str | None = None
+
+
+@dataclass(frozen=True)
+class TaskStatus:
+    """One poll answer.
+
+    ``state`` is the normalised state; ``raw_status`` what the provider said. On ``"success"``
+    ``resources`` holds at least one resource (in the provider's order). On ``"failed"``
+    ``error`` holds the most specific message found in the answer. ``raw`` is the parsed JSON.
+    """
+
+    state: TaskState
+    raw_status: str
+    resources: list[Resource] = field(default_factory=list)
+    error: str | None = None
+    raw: dict[str, Any] = field(default_factory=dict)
+    duration_ms: int | None = None
+
+
+@dataclass(frozen=True)
+class DownloadResult:
+    """A completed download: byte count, hex sha256 and the declared content type."""
+
+    bytes: int
+    sha256: str
+    content_type: str | None = None
+
+
+# --------------------------------------------------------------------------------------------
+# Configuration helpers
+# --------------------------------------------------------------------------------------------
+
+
+def api_key_from_env(environ: Mapping[str, str] | None = None) -> str | None:
+    """Return ``MODELLIX_API_KEY`` (stripped) or ``None`` when unset or empty."""
+    env = os.environ if environ is None else environ
+    value = env.get(ENV_API_KEY, "").strip()
+    return value or None
+
+
+def resolve_base_url(cli_value: str | None, environ: Mapping[str, str] | None = None) -> str:
+    """Pick the base URL: the CLI value, else ``MODELLIX_BASE_URL``, else the default.
+
+    The result is validated and normalised (see :func:`validate_base_url`).
+    Raises :class:`ConfigError`.
+    """
+    env = os.environ if environ is None else environ
+    value = cli_value if cli_value else (env.get(ENV_BASE_URL, "").strip() or DEFAULT_BASE_URL)
+    return validate_base_url(value)
+
+
+def _is_loopback_host(host: str) -> bool:
+    host = host.lower().rstrip(".")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _safe_url_for_message(url: str) -> str:
+    """A URL shortened for messages: no user info, query or fragment, at most 120 chars."""
+    try:
+        parsed = httpx.URL(url)
+        shown = f"{parsed.scheme}://{parsed.host}" if parsed.host else "(no host)"
+        if parsed.port is not None:
+            shown += f":{parsed.port}"
+        shown += parsed.path
+    except Exception:  # an unparsable URL: show a sanitised head only
+        shown = url.split("?", 1)[0].split("#", 1)[0]
+        if "@" in shown:
+            shown = shown.rsplit("@", 1)[-1]
+    return _sanitize(shown, 120)
+
+
+def validate_base_url(url: str) -> str:
+    """Check that *url* is an absolute https URL (http only for loopback) and normalise it.
+
+    Refused: other schemes, plain http to a non-loopback host, user info, query, fragment.
+    Returns the URL without a trailing slash. Raises :class:`ConfigError`.
+    """
+    text = url.strip()
+    try:
+        parsed = httpx.URL(text)
+    except Exception as exc:
+        raise ConfigError(f"invalid base URL {_safe_url_for_message(text)!r}") from exc
+    shown = _safe_url_for_message(text)
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        raise ConfigError(f"base URL {shown!r} must be an absolute https:// URL")
+    if parsed.userinfo:
+        raise ConfigError(f"base URL {shown!r} must not contain user info (user:password@)")
+    if parsed.query or parsed.fragment:
+        raise ConfigError(f"base URL {shown!r} must not contain a query or fragment")
+    if parsed.scheme == "http" and not _is_loopback_host(parsed.host):
+        raise ConfigError(
+            f"base URL {shown!r} must use https (plain http is allowed for loopback hosts only:"
+            " the API key would travel in clear text)"
+        )
+    return str(parsed).rstrip("/")
+
+
+def _secure_url(url: httpx.URL) -> bool:
+    return url.scheme == "https" or (url.scheme == "http" and _is_loopback_host(url.host))
+
+
+_Origin = tuple[str, str, int]
+
+
+def _origin(url: httpx.URL) -> _Origin:
+    port = url.port if url.port is not None else (443 if url.scheme == "https" else 80)
+    return (url.scheme, url.host.lower(), port)
+
+
+class _Secret:
+    """A string that does not show itself in ``repr``/``str`` (so not in ``vars()`` dumps)."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "<secret>"
+
+    __str__ = __repr__
+
+
+def _validate_api_key(api_key: str | None) -> _Secret | None:
+    if api_key is None:
+        return None
+    key = api_key.strip()
+    if not key:
+        return None
+    if any(not ("!" <= ch <= "~") for ch in key):
+        # Never echo the key, nor the offending character's position.
+        raise ConfigError("the API key contains characters that cannot be sent in an HTTP header")
+    return _Secret(key)
+
+
+class _BearerAuth(httpx.Auth):
+    """Adds ``Authorization: Bearer`` to requests for the API's origin only."""
+
+    __slots__ = ("_key", "_origin")
+
+    def __init__(self, key: _Secret, origin: _Origin) -> None:
+        self._key = key
+        self._origin = origin
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        if _origin(request.url) == self._origin:
+            request.headers["Authorization"] = f"Bearer {self._key.reveal()}"
+        yield request
+
+    def __repr__(self) -> str:
+        return "<_BearerAuth [redacted]>"
+
+
+# --------------------------------------------------------------------------------------------
+# Parsing helpers
+# --------------------------------------------------------------------------------------------
+
+
+def _sanitize(text: str, limit: int) -> str:
+    """Printable, single-line, at most *limit* chars: safe to print to a terminal or log."""
+    cleaned = "".join(
+        ch if not unicodedata.category(ch).startswith(("C", "Z")) else " "
+        for ch in text[: limit * 4]
+    )
+    cleaned = " ".join(cleaned.split())
+    if len(cleaned) > limit:
+        cleaned = cleaned[: limit - 1] + "…"
+    return cleaned
+
+
+def _body_snippet(body: bytes) -> str:
+    text = body[: _SNIPPET_CHARS * 8].decode("utf-8", errors="replace")
+    text = _TAG_RE.sub(" ", text)
+    return _sanitize(text, _SNIPPET_CHARS) or "(empty body)"
+
+
+def _parse_delay(value: str, now: float, *, epoch_ok: bool) -> float | None:
+    text = value.strip()
+    if not text:
+        return None
+    seconds: float | None
+    try:
+        number = float(text)
+    except ValueError:
+        number = None
+    if number is not None:
+        if not math.isfinite(number):
+            return None
+        if epoch_ok and number > 1e12:  # epoch milliseconds
+            seconds = number / 1000.0 - now
+        elif epoch_ok and number > 1e9:  # epoch seconds
+            seconds = number - now
+        else:
+            seconds = number
+    else:
+        try:
+            when = email.utils.parsedate_to_datetime(text)
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=timezone.utc)
+        try:
+            seconds = when.timestamp() - now
+        except (OverflowError, OSError, ValueError):
+            return None
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
+
+
+def parse_retry_after(headers: Mapping[str, str], *, now: float | None = None) -> float | None:
+    """Seconds to wait from ``Retry-After`` (delta seconds or HTTP date), else from
+    ``X-RateLimit-Reset`` (delta seconds, epoch seconds or epoch milliseconds).
+
+    Returns ``None`` when neither header is present and valid. The result is clamped to
+    ``[0, MAX_RETRY_AFTER]``. Header lookup is case-insensitive for :class:`httpx.Headers`;
+    for plain mappings use lower-case keys.
+    """
+    current = time.time() if now is None else now
+    retry_after = headers.get("retry-after")
+    if retry_after is not None:
+        delay = _parse_delay(retry_after, current, epoch_ok=False)
+        if delay is not None:
+            return delay
+    reset = headers.get("x-ratelimit-reset")
+    if reset is not None:
+        return _parse_delay(reset, current, epoch_ok=True)
+    return None
+
+
+def _loads(body: bytes) -> Any:
+    """Parse JSON; ``None`` on any failure (bad UTF-8, syntax, absurd nesting or numbers)."""
+    if not body.strip():
+        return None
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+
+
+def _as_int(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value.strip())
+    return None
+
+
+def _valid_task_id(value: Any) -> bool:
+    return (
+        isinstance(value, str)
+        and 0 < len(value) <= MAX_TASK_ID_LENGTH
+        and _TASK_ID_RE.fullmatch(value) is not None
+    )
+
+
+def _message_of(value: Any) -> str | None:
+    """A non-empty message from a string, or from a dict's message/detail/error fields."""
+    if isinstance(value, str):
+        text = value.strip()
+        return text or None
+    if isinstance(value, Mapping):
+        for key in ("message", "msg", "detail", "error", "reason", "code"):
+            found = _message_of(value.get(key))
+            if found:
+                return found
+    return None
+
+
+def _provider_message(payload: Any) -> str | None:
+    if isinstance(payload, Mapping):
+        message = _message_of(payload.get("message")) or _message_of(payload.get("error"))
+        data = payload.get("data")
+        if not message and isinstance(data, Mapping):
+            message = _message_of(data.get("message")) or _message_of(data.get("error"))
+        if message:
+            return _sanitize(message, _MESSAGE_CHARS)
+    return None
+
+
+def _failure_message(payload: Mapping[str, Any], data: Mapping[str, Any]) -> str:
+    """The most specific failure reason in a failed task's answer, else its raw JSON."""
+    result = data.get("result")
+    candidates: list[Any] = [data.get("error")]
+    if isinstance(result, Mapping):
+        candidates += [result.get("error"), result.get("message"), result.get("reason")]
+    candidates += [
+        data.get("error_message"),
+        data.get("fail_reason"),
+        data.get("failure_reason"),
+        data.get("reason"),
+        data.get("message"),
+    ]
+    top = payload.get("message")
+    if isinstance(top, str) and top.strip().lower() not in ("", "success", "ok"):
+        candidates.append(top)
+    for candidate in candidates:
+        message = _message_of(candidate)
+        if message:
+            return _sanitize(message, _MESSAGE_CHARS)
+    raw = json.dumps(payload, ensure_ascii=False, default=str)
+    return "task failed without a message; answer: " + _sanitize(raw, _MESSAGE_CHARS)
+
+
+def _parse_resources(data: Mapping[str, Any]) -> list[Resource]:
+    result = data.get("result")
+    items = result.get("resources") if isinstance(result, Mapping) else None
+    if not isinstance(items, list):
+        return []
+    resources: list[Resource] = []
+    for item in items[:100]:
+        if not isinstance(item, Mapping):
+            continue
+        url = item.get("url")
+        if not isinstance(url, str) or len(url) > 8192:
+            continue
+        try:
+            parsed = httpx.URL(url)
+        except Exception:
+            continue
+        if parsed.scheme not in ("http", "https") or not parsed.host:
+            continue
+        fmt = item.get("format")
+        fmt_clean = fmt.strip().lower() if isinstance(fmt, str) else None
+        width = _as_int(item.get("width"))
+        height = _as_int(item.get("height"))
+        resources.append(
+            Resource(
+                url=url,
+                type=_sanitize(item["type"], 40) if isinstance(item.get("type"), str) else None,
+                width=width if width and width > 0 else None,
+                height=height if height and height > 0 else None,
+                format=fmt_clean if fmt_clean and _FORMAT_RE.fullmatch(fmt_clean) else None,
+                role=_sanitize(item["role"], 40) if isinstance(item.get("role"), str) else None,
+            )
+        )
+    return resources
+
+
+# --------------------------------------------------------------------------------------------
+# Classification
+# --------------------------------------------------------------------------------------------
+
+
+def _error_for_status(
+    status: int,
+    *,
+    op: Operation,
+    http_status: int,
+    detail: str,
+    retry_after: float | None,
+) -> ApiError:
+    """Map an HTTP(-like) error status to an ApiError (API calls, not downloads)."""
+    submit = op == "submit"
+    where = f"{op}: HTTP {http_status}" + (f" (code {status})" if status != http_status else "")
+    common: dict[str, Any] = {"status": status, "http_status": http_status, "operation": op}
+    if status == 400:
+        return Rejected(f"{where}: request rejected: {detail}", **common)
+    if status in (401, 403):
+        return AuthError(f"{where}: API key missing, invalid or not allowed: {detail}", **common)
+    if status == 402:
+        return PaymentRequired(f"{where}: insufficient balance: {detail}", **common)
+    if status == 404:
+        if submit:
+            return NotFound(
+                f"{where}: unknown model or submit path: {detail}", stops_run=True, **common
+            )
+        return NotFound(f"{where}: unknown task: {detail}", **common)
+    if status == 429:
+        return RateLimited(f"{where}: rate limited: {detail}", retry_after=retry_after, **common)
+    if status in (408, 425):
+        # The server gave up before processing the request: not ambiguous.
+        return ServerError(f"{where}: {detail}", retry_after=retry_after, **common)
+    if 500 <= status <= 599:
+        return ServerError(
+            f"{where}: server error: {detail}",
+            retry_after=retry_after,
+            ambiguous=submit,
+            **common,
+        )
+    if 400 <= status <= 499:
+        return Rejected(f"{where}: {detail}", **common)
+    return ProtocolError(
+        f"{where}: unexpected answer: {detail}", ambiguous=submit, retryable=True, **common
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# The client
+# --------------------------------------------------------------------------------------------
+
+
+class ModellixClient:
+    """Async client of the Modellix task API (one pooled :class:`httpx.AsyncClient`).
+
+    Use as ``async with ModellixClient(base_url, key) as client: ...`` or call :meth:`aclose`.
+
+    Args:
+        base_url: API base URL; https, or http on a loopback host (else :class:`ConfigError`).
+        api_key: the key, or ``None`` to send no ``Authorization`` header.
+        transport: an httpx transport (tests: ``httpx.MockTransport``; the in-process simulator:
+            ``httpx.ASGITransport``). ``max_connections`` applies to the default transport only.
+        max_connections: connection pool size.
+        timeout: read/write/pool timeout of one network operation, seconds.
+        connect_timeout: TCP+TLS connect timeout, seconds.
+        operation_timeout: overall deadline of one submit, poll or download, seconds.
+        max_download_bytes: downloads larger than this are refused.
+        max_response_bytes: JSON answers larger than this are a :class:`ProtocolError`.
+        max_keepalive_connections: idle connections kept (default: ``max_connections``).
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | None,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        max_connections: int = 100,
+        timeout: float = 60.0,
+        connect_timeout: float = 10.0,
+        operation_timeout: float = 900.0,
+        max_download_bytes: int = 50 * 2**20,
+        max_response_bytes: int = 2**20,
+        max_keepalive_connections: int | None = None,
+    ) -> None:
+        self._base_url = validate_base_url(base_url)
+        self._base = httpx.URL(self._base_url)
+        self._api_origin = _origin(self._base)
+        self._key = _validate_api_key(api_key)
+        if max_connections < 1 or max_download_bytes < 1 or max_response_bytes < 1:
+            raise ConfigError("connection and size limits must be positive")
+        self.max_download_bytes = max_download_bytes
+        self.max_response_bytes = max_response_bytes
+        self.operation_timeout = operation_timeout
+        limits = httpx.Limits(
+            max_connections=max_connections,
+            max_keepalive_connections=(
+                max_connections if max_keepalive_connections is None else max_keepalive_connections
+            ),
+        )
+        self._http = httpx.AsyncClient(
+            auth=_BearerAuth(self._key, self._api_origin) if self._key else None,
+            headers={"User-Agent": f"batchgen/{__version__}"},
+            timeout=httpx.Timeout(timeout, connect=connect_timeout),
+            limits=limits,
+            transport=transport,
+            follow_redirects=False,
+            trust_env=False,
+        )
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    @property
+    def base_url(self) -> str:
+        """The validated base URL, without a trailing slash."""
+        return self._base_url
+
+    @property
+    def has_key(self) -> bool:
+        """Whether an API key is configured (the key itself is never exposed)."""
+        return self._key is not None
+
+    def __repr__(self) -> str:
+        key = "set" if self._key else "unset"
+        return f"ModellixClient(base_url={self._base_url!r}, api_key=<{key}>)"
+
+    async def __aenter__(self) -> ModellixClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the pooled connections. Idempotent."""
+        await self._http.aclose()
+
+    # -- URLs ------------------------------------------------------------------------------
+
+    def _api_url(self, path: str) -> str:
+        return self._base_url + path
+
+    def poll_url_for(self, task_id: str) -> str:
+        """The canonical poll URL of *task_id* on the base URL (the id is URL-quoted)."""
+        return self._api_url("/api/v1/tasks/" + quote(task_id, safe=""))
+
+    def _same_origin(self, url: str) -> bool:
+        try:
+            return _origin(httpx.URL(url)) == self._api_origin
+        except Exception:
+            return False
+
+    # -- public operations ------------------------------------------------------------------------
+
+    async def submit(self, submit_path: str, body: Mapping[str, Any]) -> Submitted:
+        """POST *body* to *submit_path* (e.g. ``/api/v1/openai/gpt-image-1.5/async``).
+
+        Returns the accepted task. Raises an :class:`ApiError`; ``ambiguous`` is true when the
+        request may have created a task (5xx, read timeout, dropped or unreadable answer).
+        """
+        try:
+            return await self._submit(submit_path, body)
+        except ApiError as exc:
+            exc._scrub(self._key.reveal() if self._key else None)
+            raise
+
+    async def poll(self, task_id: str, poll_url: str | None = None) -> TaskStatus:
+        """GET the task's status. *poll_url* is used only on the base URL's origin.
+
+        Raises :class:`NotFound` (unknown task, not retryable) and the other :class:`ApiError`\\ s.
+        """
+        try:
+            return await self._poll(task_id, poll_url)
+        except ApiError as exc:
+            exc._scrub(self._key.reveal() if self._key else None)
+            raise
+
+    async def download(self, url: str, file: BinaryIO) -> DownloadResult:
+        """Stream the file at *url* into the open binary *file*; count bytes and sha256.
+
+        The key is sent only when *url* is on the API's origin (never to a CDN). Redirects:
+        at most three, each to https or loopback. Raises :class:`ResultExpired` (403/404/410),
+        :class:`ProtocolError` (too large, insecure URL or redirect, other 4xx),
+        :class:`ServerError` (5xx), :class:`RateLimited`, :class:`TransportFailure` (network,
+        short body). On error the file holds a partial body: the caller discards it. Errors
+        writing *file* (``OSError``) propagate unchanged.
+        """
+        try:
+            return await self._download(url, file)
+        except ApiError as exc:
+            exc._scrub(self._key.reveal() if self._key else None)
+            raise
+
+    # -- implementation -------------------------------------------------------------------------
+
+    async def _submit(self, submit_path: str, body: Mapping[str, Any]) -> Submitted:
+        if not _SUBMIT_PATH_RE.fullmatch(submit_path) or "//" in submit_path or ".." in submit_path:
+            raise ConfigError(f"invalid submit path {_sanitize(submit_path, 120)!r}")
+        try:
+            content = json.dumps(body, ensure_ascii=False, allow_nan=False).encode("utf-8")
+        except (TypeError, ValueError) as exc:
+            raise Rejected(
+                f"submit: request body is not valid JSON ({type(exc).__name__})",
+                operation="submit",
+            ) from exc
+        http_status, headers, payload = await self._call_json(
+            "submit",
+            "POST",
+            self._api_url(submit_path),
+            content=content,
+        )
+        data = self._checked_data("submit", http_status, headers, payload)
+        task_id = data.get("task_id")
+        if not _valid_task_id(task_id):
+            shown = _sanitize(str(task_id), 60) if task_id is not None else "missing"
+            raise ProtocolError(
+                f"submit: HTTP {http_status}: answer has no usable data.task_id ({shown!r}); the"
+                " task may exist",
+                http_status=http_status,
+                operation="submit",
+                ambiguous=True,
+            )
+        assert isinstance(task_id, str)
+        get_result = data.get("get_result")
+        poll_url: str | None = None
+        if isinstance(get_result, Mapping):
+            candidate = get_result.get("url")
+            if (
+                isinstance(candidate, str)
+                and len(candidate) <= 2048
+                and self._same_origin(candidate)
+            ):
+                poll_url = candidate
+            elif candidate is not None:
+                logger.debug("submit: ignoring get_result.url on another origin")
+        logger.debug("submit: accepted task %s", task_id)
+        return Submitted(task_id=task_id, poll_url=poll_url)
+
+    async def _poll(self, task_id: str, poll_url: str | None) -> TaskStatus:
+        if not _valid_task_id(task_id):
+            raise ProtocolError(
+                f"poll: invalid task id {_sanitize(str(task_id), 60)!r}",
+                operation="poll",
+                retryable=False,
+            )
+        url = poll_url if poll_url and self._same_origin(poll_url) else self.poll_url_for(task_id)
+        http_status, headers, payload = await self._call_json("poll", "GET", url)
+        data = self._checked_data("poll", http_status, headers, payload)
+        assert isinstance(payload, dict)
+        answered_id = data.get("task_id")
+        if isinstance(answered_id, str) and answered_id and answered_id != task_id:
+            raise ProtocolError(
+                f"poll: answer is about another task ({_sanitize(answered_id, 60)!r})",
+                http_status=http_status,
+                operation="poll",
+            )
+        raw_value = data.get("status")
+        raw_status = _sanitize(raw_value if isinstance(raw_value, str) else str(raw_value), 60)
+        normalized = raw_status.strip().lower()
+        duration = _as_int(data.get("duration"))
+        duration_ms = duration if duration is not None and duration >= 0 else None
+        if normalized in _SUCCESS_STATUSES:
+            resources = _parse_resources(data)
+            if not resources:
+                raise ProtocolError(
+                    f"poll: task {task_id} reported {raw_status!r} without a usable result URL",
+                    http_status=http_status,
+                    operation="poll",
+                )
+            return TaskStatus(
+                state="success",
+                raw_status=raw_status,
+                resources=resources,
+                raw=payload,
+                duration_ms=duration_ms,
+            )
+        if normalized in _FAILED_STATUSES:
+            return TaskStatus(
+                state="failed",
+                raw_status=raw_status,
+                error=_failure_message(payload, data),
+                raw=payload,
+                duration_ms=duration_ms,
+            )
+        return TaskStatus(
+            state="running", raw_status=raw_status, raw=payload, duration_ms=duration_ms
+        )
+
+    def _checked_data(
+        self, op: Operation, http_status: int, headers: httpx.Headers, payload: Any
+    ) -> dict[str, Any]:
+        """Check a 2xx answer: ``code`` must be 0 and ``data`` an object; return ``data``."""
+        if not isinstance(payload, dict):
+            raise ProtocolError(
+                f"{op}: HTTP {http_status}: answer is not a JSON object",
+                http_status=http_status,
+                operation=op,
+                ambiguous=op == "submit",
+            )
+        code_value = payload.get("code", 0)
+        code = _as_int(code_value)
+        if code not in (0, 200):
+            detail = _provider_message(payload) or "(no message)"
+            if code is not None and 400 <= code <= 599:
+                raise _error_for_status(
+                    code,
+                    op=op,
+                    http_status=http_status,
+                    detail=detail,
+                    retry_after=parse_retry_after(headers),
+                )
+            shown = _sanitize(str(code_value), 40)
+            raise ProtocolError(
+                f"{op}: HTTP {http_status} with error code {shown}: {detail}",
+                http_status=http_status,
+                operation=op,
+            )
+        data = payload.get("data")
+        if not isinstance(data, dict):
+            raise ProtocolError(
+                f"{op}: HTTP {http_status}: answer has no data object",
+                http_status=http_status,
+                operation=op,
+                ambiguous=op == "submit",
+            )
+        return data
+
+    @asynccontextmanager
+    async def _network_errors(self, op: Operation, what: str) -> AsyncIterator[None]:
+        """Turn httpx/timeout exceptions into :class:`TransportFailure`/:class:`ProtocolError`."""
+        submit = op == "submit"
+        try:
+            with anyio.fail_after(self.operation_timeout):
+                yield
+        except TimeoutError as exc:
+            raise TransportFailure(
+                f"{op}: {what}: no complete answer within {self.operation_timeout:g} s",
+                operation=op,
+                ambiguous=submit,
+            ) from exc
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+            # Nothing was sent: never ambiguous.
+            raise TransportFailure(
+                f"{op}: {what}: could not connect ({_describe(exc)})", operation=op
+            ) from exc
+        except httpx.LocalProtocolError as exc:
+            raise TransportFailure(
+                f"{op}: {what}: request could not be sent ({_describe(exc)})",
+                operation=op,
+                retryable=False,
+            ) from exc
+        except httpx.TransportError as exc:
+            # Read/write timeouts, dropped connections, protocol violations by the peer: the
+            # request may have been received and processed.
+            raise TransportFailure(
+                f"{op}: {what}: connection failed ({_describe(exc)})",
+                operation=op,
+                ambiguous=submit,
+            ) from exc
+        except httpx.HTTPError as exc:  # DecodingError, StreamError, ...
+            raise ProtocolError(
+                f"{op}: {what}: unreadable answer ({_describe(exc)})",
+                operation=op,
+                ambiguous=submit,
+            ) from exc
+
+    async def _call_json(
+        self, op: Operation, method: str, url: str, *, content: bytes | None = None
+    ) -> tuple[int, httpx.Headers, Any]:
+        """Send one API request; return (status, headers, parsed JSON) for 2xx answers.
+
+        Non-2xx answers raise the classified :class:`ApiError`.
+        """
+        headers = {"Accept": "application/json"}
+        if content is not None:
+            headers["Content-Type"] = "application/json"
+        request = self._http.build_request(method, url, content=content, headers=headers)
+        what = f"{method} {httpx.URL(url).path}"
+        too_big = False
+        async with self._network_errors(op, what):
+            response = await self._http.send(request, stream=True)
+            try:
+                body, too_big = await _read_capped(response, self.max_response_bytes)
+            finally:
+                await response.aclose()
+        status = response.status_code
+        logger.debug("%s: %s -> HTTP %d (%d bytes read)", op, what, status, len(body))
+        payload = None if too_big else _loads(body)
+        if 200 <= status <= 299:
+            if too_big:
+                raise ProtocolError(
+                    f"{op}: HTTP {status}: answer larger than {self.max_response_bytes} bytes",
+                    http_status=status,
+                    operation=op,
+                    ambiguous=op == "submit",
+                )
+            if payload is None:
+                raise ProtocolError(
+                    f"{op}: HTTP {status}: answer is not JSON: {_body_snippet(body)}",
+                    http_status=status,
+                    operation=op,
+                    ambiguous=op == "submit",
+                )
+            return status, response.headers, payload
+        if 300 <= status <= 399:
+            raise ProtocolError(
+                f"{op}: HTTP {status}: unexpected redirect (not followed for API calls)",
+                http_status=status,
+                operation=op,
+                retryable=False,
+                ambiguous=op == "submit",
+            )
+        detail = _provider_message(payload)
+        if detail is None:
+            detail = (
+                f"answer larger than {self.max_response_bytes} bytes"
+                if too_big
+                else f"non-JSON answer: {_body_snippet(body)}"
+            )
+        raise _error_for_status(
+            status,
+            op=op,
+            http_status=status,
+            detail=detail,
+            retry_after=parse_retry_after(response.headers),
+        )
+
+    async def _download(self, url: str, file: BinaryIO) -> DownloadResult:
+        try:
+            current = httpx.URL(url)
+        except Exception as exc:
+            raise ProtocolError(
+                "download: invalid result URL", operation="download", retryable=False
+            ) from exc
+        for hop in range(MAX_REDIRECTS + 1):
+            if not current.host or not _secure_url(current):
+                reason = "redirected to" if hop else "result URL is"
+                raise ProtocolError(
+                    f"download: {reason} an insecure URL {_safe_url_for_message(str(current))!r}"
+                    " (https required except for loopback)",
+                    operation="download",
+                    retryable=False,
+                )
+            what = f"GET {_safe_url_for_message(str(current))}"
+            request = self._http.build_request(
+                "GET", current, headers={"Accept": "*/*", "Accept-Encoding": "identity"}
+            )
+            async with self._network_errors("download", what):
+                response = await self._http.send(request, stream=True)
+                try:
+                    status = response.status_code
+                    if 300 <= status <= 399 and status != 304:
+                        location = response.headers.get("location")
+                        if not location:
+                            raise ProtocolError(
+                                f"download: {what}: HTTP {status} without a Location",
+                                status=status,
+                                operation="download",
+                                retryable=False,
+                            )
+                        try:
+                            current = current.join(location.strip())
+                        except Exception as exc:
+                            raise ProtocolError(
+                                f"download: {what}: HTTP {status} to an invalid Location",
+                                status=status,
+                                operation="download",
+                                retryable=False,
+                            ) from exc
+                        logger.debug("download: %s -> HTTP %d redirect", what, status)
+                        continue
+                    if status != 200:
+                        body, _ = await _read_capped(response, 4096)
+                        raise self._download_error(status, what, body, response.headers)
+                    return await self._stream_to_file(response, file, what)
+                finally:
+                    await response.aclose()
+        raise ProtocolError(
+            f"download: more than {MAX_REDIRECTS} redirects",
+            operation="download",
+            retryable=False,
+        )
+
+    def _download_error(
+        self, status: int, what: str, body: bytes, headers: httpx.Headers
+    ) -> ApiError:
+        detail = _provider_message(_loads(body)) or _body_snippet(body)
+        common: dict[str, Any] = {"status": status, "operation": "download"}
+        message = f"download: {what}: HTTP {status}: {detail}"
+        if status in (403, 404, 410):
+            return ResultExpired(message + " (result URL expired or gone)", **common)
+        if status == 429:
+            return RateLimited(message, retry_after=parse_retry_after(headers), **common)
+        if status in (408, 425) or 500 <= status <= 599:
+            return ServerError(message, retry_after=parse_retry_after(headers), **common)
+        return ProtocolError(message, retryable=False, **common)
+
+    async def _stream_to_file(
+        self, response: httpx.Response, file: BinaryIO, what: str
+    ) -> DownloadResult:
+        cap = self.max_download_bytes
+        declared = _content_length(response.headers)
+        if declared is not None and declared > cap:
+            raise ProtocolError(
+                f"download: {what}: Content-Length {declared} exceeds the {cap}-byte limit",
+                status=200,
+                operation="download",
+                retryable=False,
+            )
+        digest = hashlib.sha256()
+        count = 0
+        async for chunk in response.aiter_bytes():
+            count += len(chunk)
+            if count > cap:
+                raise ProtocolError(
+                    f"download: {what}: body exceeds the {cap}-byte limit",
+                    status=200,
+                    operation="download",
+                    retryable=False,
+                )
+            digest.update(chunk)
+            file.write(chunk)
+        encoding = response.headers.get("content-encoding", "identity").strip().lower()
+        if declared is not None and encoding in ("", "identity"):
+            if count < declared:
+                raise TransportFailure(
+                    f"download: {what}: short body ({count} of {declared} bytes)",
+                    status=200,
+                    operation="download",
+                )
+            if count > declared:
+                raise ProtocolError(
+                    f"download: {what}: body longer than its Content-Length"
+                    f" ({count} > {declared} bytes)",
+                    status=200,
+                    operation="download",
+                )
+        content_type = response.headers.get("content-type")
+        logger.debug("download: %s -> %d bytes", what, count)
+        return DownloadResult(
+            bytes=count,
+            sha256=digest.hexdigest(),
+            content_type=_sanitize(content_type, 100) if content_type else None,
+        )
+
+
+def _content_length(headers: httpx.Headers) -> int | None:
+    value = headers.get("content-length")
+    if value is None:
+        return None
+    value = value.strip()
+    return int(value) if value.isdigit() and len(value) < 20 else None
+
+
+async def _read_capped(response: httpx.Response, cap: int) -> tuple[bytes, bool]:
+    """Read at most *cap* bytes of *response*; return (body, exceeded)."""
+    declared = _content_length(response.headers)
+    if declared is not None and declared > cap:
+        return b"", True
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.aiter_bytes():
+        size += len(chunk)
+        if size > cap:
+            return b"".join(chunks), True
+        chunks.append(chunk)
+    return b"".join(chunks), False
+
+
+def _describe(exc: BaseException) -> str:
+    text = _sanitize(str(exc), 160)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
