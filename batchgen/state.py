@@ -38,6 +38,7 @@ __all__ = [
     "ACTIVE_STATES",
     "ALL_STATES",
     "DB_NAME",
+    "DONE",
     "LOCK_NAME",
     "SCHEMA_VERSION",
     "TERMINAL_STATES",
@@ -614,6 +615,15 @@ class StateStore:
         ):
             out[state] = n
         return out
+
+    def done_result_paths(self) -> set[str]:
+        """The result files (``images/<id>.<ext>``) of every done job."""
+        return {
+            r[0]
+            for r in self._conn.execute(
+                "SELECT result_path FROM jobs WHERE state = 'done' AND result_path IS NOT NULL"
+            )
+        }
 
     def job_ids(self) -> set[str]:
         """Every job ID in the file."""

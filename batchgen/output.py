@@ -1,0 +1,372 @@
+"""The run directory's outputs: atomic, checked image files and ``metadata.jsonl``.
+
+A download goes to ``images/.<job_id>.<pid>.tmp``; :meth:`OutputDir.finalize`
+checks it (length, magic bytes, complete trailer: PNG ``IEND``, JPEG ``FFD9``,
+WEBP RIFF size), fsyncs it, renames it to ``images/<job_id>.<ext>`` and fsyncs
+the directory.  ``metadata.jsonl`` gets one line per finished image, in the shape
+the ``datasets`` library's ``imagefolder`` builder loads (``file_name`` relative
+to the run directory); it can always be rebuilt from the state file
+(:func:`rebuild_metadata`).  Nothing is ever written outside the run directory:
+job IDs and formats are validated first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import hashlib
+import json
+import os
+import re
+import struct
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from batchgen.state import DONE, JobRecord, ResultInfo, StateStore
+
+__all__ = [
+    "EXTENSIONS",
+    "ImageCheckError",
+    "ImageInfo",
+    "OutputDir",
+    "check_image",
+    "metadata_record",
+    "rebuild_metadata",
+    "sniff_format",
+]
+
+#: Image formats batchgen writes, and the file extension each gets.
+EXTENSIONS: dict[str, str] = {"png": "png", "jpeg": "jpg", "webp": "webp"}
+_EXTS = frozenset(EXTENSIONS.values())
+_FORMAT_ALIASES = {"png": "png", "jpeg": "jpeg", "jpg": "jpeg", "webp": "webp"}
+_JOB_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+_PNG_IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"
+_HEAD = 65536
+METADATA_NAME = "metadata.jsonl"
+IMAGES_DIR = "images"
+
+
+class ImageCheckError(Exception):
+    """A downloaded file is not a complete image of an allowed format."""
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What the checks learnt about an image file."""
+
+    format: str  # "png" | "jpeg" | "webp"
+    width: int | None
+    height: int | None
+    bytes: int
+
+
+def _check_job_id(job_id: str) -> str:
+    if not _JOB_ID_RE.fullmatch(job_id):
+        raise ValueError(f"unsafe job id {job_id[:40]!r}")
+    return job_id
+
+
+def normalize_format(fmt: str | None) -> str | None:
+    """The canonical name of an allowed format (``jpg`` → ``jpeg``), or ``None``."""
+    if fmt is None:
+        return None
+    return _FORMAT_ALIASES.get(fmt.strip().lower())
+
+
+def sniff_format(head: bytes) -> str | None:
+    """The image format from its first bytes (``png``, ``jpeg``, ``webp``) or ``None``."""
+    if head.startswith(_PNG_MAGIC):
+        return "png"
+    if head[:3] == b"\xff\xd8\xff":
+        return "jpeg"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "webp"
+    return None
+
+
+def _png_size(head: bytes) -> tuple[int | None, int | None]:
+    if len(head) >= 24 and head[12:16] == b"IHDR":
+        w, h = struct.unpack(">II", head[16:24])
+        return int(w), int(h)
+    return None, None
+
+
+def _jpeg_size(head: bytes) -> tuple[int | None, int | None]:
+    i = 2
+    n = len(head)
+    while i + 9 < n:
+        if head[i] != 0xFF:
+            i += 1
+            continue
+        marker = head[i + 1]
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7 or marker == 0xFF:
+            i += 1 if marker == 0xFF else 2
+            continue
+        (length,) = struct.unpack(">H", head[i + 2 : i + 4])
+        if marker in (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE):
+            h, w = struct.unpack(">HH", head[i + 5 : i + 9])
+            return int(w), int(h)
+        i += 2 + length
+    return None, None
+
+
+def _webp_size(head: bytes) -> tuple[int | None, int | None]:
+    chunk = head[12:16]
+    if chunk == b"VP8X" and len(head) >= 30:
+        w = int.from_bytes(head[24:27], "little") + 1
+        h = int.from_bytes(head[27:30], "little") + 1
+        return w, h
+    if chunk == b"VP8 " and len(head) >= 30 and head[23:26] == b"\x9d\x01\x2a":
+        w, h = struct.unpack("<HH", head[26:30])
+        return int(w) & 0x3FFF, int(h) & 0x3FFF
+    if chunk == b"VP8L" and len(head) >= 25 and head[20] == 0x2F:
+        b = int.from_bytes(head[21:25], "little")
+        return (b & 0x3FFF) + 1, ((b >> 14) & 0x3FFF) + 1
+    return None, None
+
+
+def check_image(path: Path, *, expected_bytes: int | None = None) -> ImageInfo:
+    """Check that ``path`` is a complete PNG, JPEG or WEBP file; raise :class:`ImageCheckError`.
+
+    Checks the length (against ``expected_bytes`` when given), the magic bytes
+    and the trailer; reads only the head and the tail of the file.
+    """
+    size = os.path.getsize(path)
+    if expected_bytes is not None and size != expected_bytes:
+        raise ImageCheckError(f"file has {size} bytes, expected {expected_bytes}")
+    if size < 16:
+        raise ImageCheckError(f"file too short to be an image ({size} bytes)")
+    with open(path, "rb") as f:
+        head = f.read(_HEAD)
+        f.seek(max(size - 16, 0))
+        tail = f.read(16)
+    fmt = sniff_format(head)
+    if fmt == "png":
+        if not tail.endswith(_PNG_IEND):
+            raise ImageCheckError("PNG is truncated (no IEND trailer)")
+        w, h = _png_size(head)
+    elif fmt == "jpeg":
+        if not tail.endswith(b"\xff\xd9"):
+            raise ImageCheckError("JPEG is truncated (no FFD9 end marker)")
+        w, h = _jpeg_size(head)
+    elif fmt == "webp":
+        (riff,) = struct.unpack("<I", head[4:8])
+        if riff + 8 != size:
+            raise ImageCheckError(f"WEBP is truncated (RIFF says {riff + 8} bytes, file {size})")
+        w, h = _webp_size(head)
+    else:
+        raise ImageCheckError(f"not a PNG, JPEG or WEBP image (starts with {head[:8].hex()})")
+    return ImageInfo(format=fmt, width=w, height=h, bytes=size)
+
+
+def _iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return _dt.datetime.fromtimestamp(ts, _dt.timezone.utc).isoformat(timespec="milliseconds")
+
+
+def metadata_record(job: JobRecord) -> dict[str, Any]:
+    """The ``metadata.jsonl`` line of a done job (``file_name`` first, as imagefolder wants)."""
+    record: dict[str, Any] = {"file_name": job.result_path, "job_id": job.job_id}
+    record["prompt"] = job.body.get("prompt")
+    for key, value in job.body.items():
+        record.setdefault(key, value)
+    record.update(
+        {
+            "model": job.model,
+            "task_id": job.task_id,
+            "sha256": job.sha256,
+            "width": job.width,
+            "height": job.height,
+            "bytes": job.bytes,
+            "submitted_at": _iso(job.submitted_at),
+            "finished_at": _iso(job.finished_at),
+        }
+    )
+    return record
+
+
+def _line(record: Mapping[str, Any]) -> bytes:
+    return (json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class OutputDir:
+    """The ``images/`` folder and ``metadata.jsonl`` of one run directory."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = Path(run_dir)
+        self.images = self.run_dir / IMAGES_DIR
+        self.metadata_path = self.run_dir / METADATA_NAME
+        self._meta: IO[bytes] | None = None
+        self._unsynced = 0
+
+    # ------------------------------------------------------------------ start
+    def prepare(self, store: StateStore | None = None) -> dict[str, int]:
+        """Make ``images/``; remove leftover temp files; with ``store``, remove image files of
+        jobs that are not done (a crash between rename and commit) and rebuild
+        ``metadata.jsonl`` when it does not have one complete line per done job."""
+        self.images.mkdir(mode=0o700, parents=True, exist_ok=True)
+        removed_tmp = removed_stray = 0
+        names = os.listdir(self.images)
+        for name in names:
+            if name.startswith(".") and name.endswith(".tmp"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.images / name)
+                removed_tmp += 1
+        rebuilt = 0
+        if store is not None:
+            done = store.done_result_paths()
+            for name in names:
+                stem, _, ext = name.rpartition(".")
+                if ext not in _EXTS or not _JOB_ID_RE.fullmatch(stem):
+                    continue  # not a file batchgen writes: leave it
+                if f"{IMAGES_DIR}/{name}" not in done:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(self.images / name)
+                    removed_stray += 1
+            if self._metadata_lines() != len(done):
+                rebuilt = rebuild_metadata(store, self.run_dir)
+        return {"temp_files": removed_tmp, "stray_images": removed_stray, "rebuilt": rebuilt}
+
+    def _metadata_lines(self) -> int:
+        try:
+            with open(self.metadata_path, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            return 0
+        if data and not data.endswith(b"\n"):
+            return -1  # a torn last line: rebuild
+        return data.count(b"\n")
+
+    # -------------------------------------------------------------- downloads
+    def temp_path(self, job_id: str) -> Path:
+        """The temporary download file of ``job_id`` for this process."""
+        return self.images / f".{_check_job_id(job_id)}.{os.getpid()}.tmp"
+
+    @contextlib.contextmanager
+    def open_temp(self, job_id: str) -> Iterator[tuple[Path, IO[bytes]]]:
+        """Open a fresh temporary file (mode 0600) for a download; removed on error."""
+        path = self.temp_path(job_id)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        f = os.fdopen(fd, "wb")
+        try:
+            yield path, f
+        except BaseException:
+            f.close()
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            raise
+        f.close()
+
+    def finalize(
+        self,
+        job_id: str,
+        tmp: Path,
+        *,
+        expected_bytes: int | None = None,
+        sha256: str | None = None,
+        declared_format: str | None = None,
+    ) -> ResultInfo:
+        """Check, fsync and atomically rename a finished download; return what to record.
+
+        The file's format comes from its bytes (a declared format that disagrees is
+        ignored); it must be one of :data:`EXTENSIONS`.  Raises
+        :class:`ImageCheckError` (the temp file is removed).
+        """
+        _check_job_id(job_id)
+        try:
+            info = check_image(tmp, expected_bytes=expected_bytes)
+            ext = EXTENSIONS[info.format]
+            if sha256 is None:
+                sha256 = _sha256_file(tmp)
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            final = self.images / f"{job_id}.{ext}"
+            for other in EXTENSIONS.values():  # a previous attempt in another format
+                if other != ext:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(self.images / f"{job_id}.{other}")
+            os.replace(tmp, final)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        _fsync_dir(self.images)
+        del declared_format  # the bytes decide
+        return ResultInfo(
+            result_path=f"{IMAGES_DIR}/{job_id}.{ext}",
+            sha256=sha256,
+            bytes=info.bytes,
+            format=info.format,
+            width=info.width,
+            height=info.height,
+        )
+
+    # --------------------------------------------------------------- metadata
+    def append_metadata(self, job: JobRecord) -> None:
+        """Append the line of a done job to ``metadata.jsonl`` (written through at once: a
+        process kill loses nothing; :meth:`sync` / :meth:`close` fsync it)."""
+        if self._meta is None:
+            fd = os.open(self.metadata_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            self._meta = os.fdopen(fd, "ab", buffering=0)
+        self._meta.write(_line(metadata_record(job)))
+        self._unsynced += 1
+
+    def sync(self) -> None:
+        """fsync ``metadata.jsonl`` if lines were appended since the last sync."""
+        if self._meta is not None and self._unsynced:
+            os.fsync(self._meta.fileno())
+            self._unsynced = 0
+
+    def close(self) -> None:
+        """fsync and close ``metadata.jsonl``."""
+        if self._meta is not None:
+            self.sync()
+            self._meta.close()
+            self._meta = None
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def rebuild_metadata(store: StateStore, run_dir: Path) -> int:
+    """Rewrite ``metadata.jsonl`` from the state file (atomically); returns the line count."""
+    run_dir = Path(run_dir)
+    path = run_dir / METADATA_NAME
+    tmp = run_dir / f".{METADATA_NAME}.{os.getpid()}.tmp"
+    n = 0
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            for job in store.iter_jobs([DONE]):
+                if job.result_path:
+                    f.write(_line(metadata_record(job)))
+                    n += 1
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(run_dir)
+    return n

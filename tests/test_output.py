@@ -1,0 +1,178 @@
+"""Image checks, atomic finalisation and metadata.jsonl."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import struct
+import zlib
+from pathlib import Path
+
+import pytest
+
+from batchgen.output import (
+    ImageCheckError,
+    OutputDir,
+    check_image,
+    rebuild_metadata,
+    sniff_format,
+)
+from batchgen.state import StateStore
+
+
+def png(width: int = 3, height: int = 2) -> bytes:
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data))
+            + kind
+            + data
+            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        )
+
+    raw = b"".join(b"\x00" + b"\x10\x20\x30" * width for _ in range(height))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(raw))
+        + chunk(b"IEND", b"")
+    )
+
+
+def jpeg(width: int = 5, height: int = 4) -> bytes:
+    app0 = b"\xff\xe0" + struct.pack(">H", 16) + b"JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00"
+    sof = b"\xff\xc0" + struct.pack(">HBHHB", 11, 8, height, width, 1) + b"\x01\x11\x00"
+    return (
+        b"\xff\xd8"
+        + app0
+        + sof
+        + b"\xff\xda\x00\x08\x01\x01\x00\x00\x3f\x00"
+        + b"\x00" * 10
+        + b"\xff\xd9"
+    )
+
+
+def webp(width: int = 7, height: int = 6) -> bytes:
+    vp8x = b"VP8X" + struct.pack("<I", 10) + b"\x00\x00\x00\x00"
+    vp8x += (width - 1).to_bytes(3, "little") + (height - 1).to_bytes(3, "little")
+    payload = b"WEBP" + vp8x
+    return b"RIFF" + struct.pack("<I", len(payload)) + payload
+
+
+@pytest.mark.parametrize(
+    ("data", "fmt", "size"),
+    [(png(3, 2), "png", (3, 2)), (jpeg(5, 4), "jpeg", (5, 4)), (webp(7, 6), "webp", (7, 6))],
+)
+def test_complete_images_pass_with_their_format_and_size(
+    tmp_path: Path, data: bytes, fmt: str, size: tuple[int, int]
+) -> None:
+    path = tmp_path / "x"
+    path.write_bytes(data)
+    info = check_image(path, expected_bytes=len(data))
+    assert (info.format, (info.width, info.height), info.bytes) == (fmt, size, len(data))
+    assert sniff_format(data[:16]) == fmt
+
+
+@pytest.mark.parametrize("data", [png(), jpeg(), webp()])
+def test_truncated_images_fail(tmp_path: Path, data: bytes) -> None:
+    path = tmp_path / "x"
+    path.write_bytes(data[:-3])
+    with pytest.raises(ImageCheckError, match="truncated"):
+        check_image(path)
+
+
+def test_length_mismatch_and_non_images_fail(tmp_path: Path) -> None:
+    path = tmp_path / "x"
+    path.write_bytes(png())
+    with pytest.raises(ImageCheckError, match="expected"):
+        check_image(path, expected_bytes=len(png()) + 1)
+    path.write_bytes(b"<html>not an image at all</html>")
+    with pytest.raises(ImageCheckError, match="not a PNG"):
+        check_image(path)
+
+
+def make_done_job(store: StateStore, out: OutputDir, job_id: str, data: bytes) -> None:
+    store.mark_submitting(job_id)
+    store.mark_running(job_id, f"task-{job_id}", None)
+    store.mark_downloading(job_id)
+    with out.open_temp(job_id) as (tmp, f):
+        f.write(data)
+    result = out.finalize(job_id, tmp, expected_bytes=len(data))
+    store.mark_done(job_id, result)
+    out.append_metadata(store.get(job_id))
+
+
+class Job:
+    def __init__(self, job_id: str, prompt: str) -> None:
+        self.job_id = job_id
+        self.model = "openai/gpt-image-1.5"
+        self.body = {"prompt": prompt, "size": "1024x1024", "quality": "low"}
+        self.repeat_index = 0
+        self.group = "jobs[0]"
+
+
+def test_finalize_renames_atomically_and_metadata_lines_match(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    with StateStore.open(run) as store:
+        store.add_jobs([Job("a1", "a fox"), Job("b2", "a teacup")])
+        out = OutputDir(run)
+        out.prepare(store)
+        make_done_job(store, out, "a1", png(4, 4))
+        make_done_job(store, out, "b2", jpeg(8, 6))
+        out.close()
+        assert sorted(os.listdir(run / "images")) == ["a1.png", "b2.jpg"]
+        assert stat.S_IMODE(os.stat(run / "images" / "a1.png").st_mode) == 0o600
+        lines = [json.loads(x) for x in (run / "metadata.jsonl").read_text().splitlines()]
+        assert [x["file_name"] for x in lines] == ["images/a1.png", "images/b2.jpg"]
+        first = lines[0]
+        assert first["prompt"] == "a fox"
+        assert (first["size"], first["quality"], first["task_id"]) == (
+            "1024x1024",
+            "low",
+            "task-a1",
+        )
+        assert (first["width"], first["height"], first["bytes"]) == (4, 4, len(png(4, 4)))
+        assert first["sha256"] == store.get("a1").sha256
+        assert first["submitted_at"].endswith("+00:00")
+        before = (run / "metadata.jsonl").read_bytes()
+        (run / "metadata.jsonl").unlink()
+        assert rebuild_metadata(store, run) == 2
+        assert (run / "metadata.jsonl").read_bytes() == before
+
+
+def test_a_bad_download_leaves_no_file(tmp_path: Path) -> None:
+    out = OutputDir(tmp_path)
+    out.prepare()
+    with out.open_temp("j1") as (tmp, f):
+        f.write(png()[:-5])
+    with pytest.raises(ImageCheckError):
+        out.finalize("j1", tmp)
+    assert os.listdir(tmp_path / "images") == []
+
+
+def test_unsafe_job_ids_are_refused(tmp_path: Path) -> None:
+    out = OutputDir(tmp_path)
+    out.prepare()
+    for bad in ("../evil", "a/b", "", ".hidden", "x" * 200):
+        with pytest.raises(ValueError, match="unsafe"):
+            out.temp_path(bad)
+    assert not (tmp_path.parent / "evil").exists()
+
+
+def test_prepare_cleans_temp_files_stray_images_and_torn_metadata(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    with StateStore.open(run) as store:
+        store.add_jobs([Job("a1", "a fox"), Job("b2", "a teacup")])
+        out = OutputDir(run)
+        out.prepare(store)
+        make_done_job(store, out, "a1", png())
+        out.close()
+        (run / "images" / ".b2.999.tmp").write_bytes(b"partial")
+        (run / "images" / "b2.png").write_bytes(png())  # renamed, but the commit was lost
+        (run / "images" / "notes.txt").write_text("user file")
+        with open(run / "metadata.jsonl", "ab") as f:
+            f.write(b'{"file_name": "images/b2.pn')  # torn line
+        report = OutputDir(run).prepare(store)
+        assert report == {"temp_files": 1, "stray_images": 1, "rebuilt": 1}
+        assert sorted(os.listdir(run / "images")) == ["a1.png", "notes.txt"]
+        assert len((run / "metadata.jsonl").read_text().splitlines()) == 1
