@@ -91,6 +91,12 @@ _FAILED_STATUSES = frozenset({"failed", "error", "canceled", "cancelled"})
 _SNIPPET_CHARS = 200
 _MESSAGE_CHARS = 500
 
+_NO_PROXY_FOR_LOOPBACK: dict[str, httpx.AsyncBaseTransport | None] = {
+    "all://127.0.0.1": None,
+    "all://localhost": None,
+    "all://[::1]": None,
+}
+
 TaskState = Literal["running", "success", "failed"]
 Operation = Literal["submit", "poll", "download"]
 
@@ -700,7 +706,12 @@ class ModellixClient:
             limits=limits,
             transport=transport,
             follow_redirects=False,
-            trust_env=False,
+            # With the default transport, honour HTTPS_PROXY/NO_PROXY/SSL_CERT_FILE (cron hosts
+            # behind a proxy), but never proxy loopback: a plain-http request carrying the key
+            # must not leave the machine. A given transport (tests, in-process simulator) is
+            # used as is, whatever the environment says.
+            trust_env=transport is None,
+            mounts=_NO_PROXY_FOR_LOOPBACK if transport is None else None,
         )
 
     # -- lifecycle -----------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import logging
 import time
 import traceback
 from collections.abc import Awaitable, Callable, Iterator
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import anyio
 import httpx
@@ -38,6 +38,7 @@ from batchgen.client import (
     resolve_base_url,
     validate_base_url,
 )
+from batchgen.simulator import Simulator, SimulatorConfig, serve_in_thread
 
 CANARY = "sk-canary-4f1d9b7e2c6a"
 BASE = "https://127.0.0.1:8443"
@@ -851,3 +852,114 @@ async def test_submit_poll_download_through_debug_logging_never_log_the_key(
         await client.download(status.resources[0].url, io.BytesIO())
     assert any(r.name.startswith("httpx") for r in caplog.records)
     assert CANARY not in caplog.text
+
+
+# -- against the project's simulator ------------------------------------------------------------
+
+
+class FakeClock:
+    """The simulator's clock, moved by hand (no wall-clock waits)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def in_process(sim: Simulator) -> httpx.ASGITransport:
+    """The simulator as an httpx transport (cast: its ASGI signature is a narrower Mapping)."""
+    return httpx.ASGITransport(app=cast(Any, sim))
+
+
+async def run_one_task(client: ModellixClient, clock: FakeClock) -> tuple[Any, bytes]:
+    submitted = await client.submit(SUBMIT_PATH, {"prompt": "a lighthouse"})
+    first = await client.poll(submitted.task_id, submitted.poll_url)
+    assert first.state == "running"
+    clock.now += 3600.0
+    done = await client.poll(submitted.task_id, submitted.poll_url)
+    assert done.state == "success", done.raw
+    buffer = io.BytesIO()
+    result = await client.download(done.resources[0].url, buffer)
+    return result, buffer.getvalue()
+
+
+async def test_submit_poll_download_against_the_in_process_simulator() -> None:
+    clock = FakeClock()
+    sim = Simulator(SimulatorConfig(), clock=clock)
+    transport = in_process(sim)
+    async with ModellixClient("http://127.0.0.1", "sim-key", transport=transport) as client:
+        result, data = await run_one_task(client, clock)
+    assert data.startswith(b"\x89PNG\r\n\x1a\n")
+    assert result.bytes == len(data)
+    assert result.sha256 == hashlib.sha256(data).hexdigest()
+    assert result.content_type == "image/png"
+    stats = sim.stats()
+    assert stats["submissions"]["accepted"] == 1
+    assert stats["downloads"]["total"] == 1
+
+
+async def test_simulator_faults_are_classified() -> None:
+    cases: list[tuple[SimulatorConfig, type[ApiError], bool]] = [
+        (SimulatorConfig(api_key=CANARY, drop_rate=1.0), TransportFailure, True),
+        (SimulatorConfig(api_key=CANARY, error_500_rate=1.0), ServerError, True),
+        (SimulatorConfig(api_key=CANARY, error_503_rate=1.0, retry_after=2.0), ServerError, True),
+        (SimulatorConfig(api_key=CANARY, error_429_rate=1.0, retry_after=2.0), RateLimited, False),
+        (SimulatorConfig(api_key=CANARY, balance=0), PaymentRequired, False),
+        (SimulatorConfig(api_key="another-key"), AuthError, False),
+    ]
+    for config, cls, ambiguous in cases:
+        transport = in_process(Simulator(config, clock=FakeClock()))
+        async with ModellixClient("http://127.0.0.1", CANARY, transport=transport) as client:
+            err = await raises(cls, client.submit(SUBMIT_PATH, {"prompt": "x"}))
+        assert err.ambiguous is ambiguous, (config, err)
+        if cls in (ServerError, RateLimited) and err.status != 500:
+            assert err.retry_after == 2.0
+
+
+async def test_simulator_expired_result_url_is_result_expired() -> None:
+    clock = FakeClock()
+    sim = Simulator(SimulatorConfig(expired_rate=1.0), clock=clock)
+    transport = in_process(sim)
+    async with ModellixClient("http://127.0.0.1", "sim-key", transport=transport) as client:
+        with pytest.raises(ResultExpired) as info:
+            await run_one_task(client, clock)
+    assert info.value.status == 410
+
+
+async def test_unknown_task_on_the_simulator_is_not_found() -> None:
+    transport = in_process(Simulator(SimulatorConfig(), clock=FakeClock()))
+    async with ModellixClient("http://127.0.0.1", "sim-key", transport=transport) as client:
+        err = await raises(NotFound, client.poll("task-does-not-exist"))
+    assert not err.stops_run
+
+
+async def test_real_sockets_with_debug_logging_never_log_the_key(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = FakeClock()
+    sim = Simulator(SimulatorConfig(api_key=CANARY), clock=clock)
+    with serve_in_thread(sim) as base_url:
+        async with ModellixClient(base_url, CANARY, max_connections=2) as client:
+            result, data = await run_one_task(client, clock)
+        async with ModellixClient(base_url, CANARY + "-wrong") as client:
+            await raises(AuthError, client.submit(SUBMIT_PATH, {"prompt": "x"}))
+    assert result.bytes == len(data) > 0
+    assert any(record.name.startswith("httpcore") for record in caplog.records)
+    assert CANARY not in caplog.text
+
+
+async def test_loopback_requests_never_go_through_a_proxy_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A proxy that refuses connections: any request sent through it would fail.
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "all_proxy"):
+        monkeypatch.setenv(name, "http://127.0.0.1:9")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    clock = FakeClock()
+    sim = Simulator(SimulatorConfig(), clock=clock)
+    with serve_in_thread(sim) as base_url:
+        async with ModellixClient(base_url, "sim-key") as client:
+            result, data = await run_one_task(client, clock)
+    assert result.bytes == len(data) > 0
