@@ -22,7 +22,7 @@ import struct
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, BinaryIO
 
 from batchgen.state import DONE, JobRecord, ResultInfo, StateStore
 
@@ -255,7 +255,7 @@ class OutputDir:
         return self.images / f".{_check_job_id(job_id)}.{os.getpid()}.tmp"
 
     @contextlib.contextmanager
-    def open_temp(self, job_id: str) -> Iterator[tuple[Path, IO[bytes]]]:
+    def open_temp(self, job_id: str) -> Iterator[tuple[Path, BinaryIO]]:
         """Open a fresh temporary file (mode 0600) for a download; removed on error."""
         path = self.temp_path(job_id)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

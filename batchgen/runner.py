@@ -1,0 +1,709 @@
+"""The run loop: one asyncio loop, one client, a bounded pool of remote tasks.
+
+:func:`run_jobs` takes a state file (:class:`batchgen.state.StateStore`) whose
+jobs are already recorded and drives every job to an end: it submits pending
+jobs (at most ``limits.concurrency`` remote tasks in flight, at most
+``limits.rate`` submissions per second), polls each task on an adaptive
+schedule, downloads each result as soon as the task succeeds, and records every
+step in the state file before acting on it.  Jobs are read from the state file
+lazily, in pages, so memory stays small and the first submission comes at once
+however many jobs the file holds.
+
+Outcomes by error class (see :mod:`batchgen.client`):
+
+* 429: the job goes back to the queue without using an attempt; everybody pauses
+  (``Retry-After`` or a backoff) and the concurrency limit is halved (AIMD).
+* 400: the job is ``rejected``; never retried.
+* 401, 402, 404 on submit, bad configuration: no new submission at all; tasks
+  already running are still polled and downloaded; exit code 3.
+* 5xx, timeouts, dropped connections, a failed task, an expired result URL:
+  retried with exponential backoff and full jitter while attempts remain
+  (``1 + limits.retries``).  A submit whose outcome is unknown is resubmitted and
+  counted as ambiguous, or failed when ``limits.resubmit_unknown`` is false.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import logging
+import random
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from batchgen._pacing import AimdLimit, RateLimiter, backoff_delay
+from batchgen._polling import PollSchedule
+from batchgen.client import (
+    ApiError,
+    ModellixClient,
+    NotFound,
+    RateLimited,
+    Rejected,
+    Resource,
+    ResultExpired,
+)
+from batchgen.output import ImageCheckError, OutputDir
+from batchgen.progress import Progress
+from batchgen.state import ALL_STATES, JobRecord, StateStore
+
+__all__ = ["EXIT_CODES", "LimitsLike", "RunOptions", "RunSummary", "Runner", "run_jobs"]
+
+logger = logging.getLogger("batchgen.run")
+
+EXIT_CODES = {"ok": 0, "jobs_failed": 1, "stopped": 3, "tempfail": 75, "interrupted": 130}
+_TERMINAL_BAD = ("failed", "rejected", "expired")
+
+
+class LimitsLike(Protocol):
+    """The run limits (``batchgen.manifest.Limits`` fits)."""
+
+    @property
+    def concurrency(self) -> int: ...
+    @property
+    def rate(self) -> float: ...
+    @property
+    def retries(self) -> int: ...
+    @property
+    def timeout(self) -> float: ...
+    @property
+    def resubmit_unknown(self) -> bool: ...
+
+
+@dataclass
+class RunOptions:
+    """How a run behaves beyond the manifest's limits (defaults suit the real API)."""
+
+    max_runtime: float | None = None
+    """Stop submitting after this many seconds and exit 75 if work is left."""
+    stop: asyncio.Event | None = None
+    """Set it (e.g. from a signal handler) to stop submitting and end the run (exit 130)."""
+    submit_path: Callable[[str], str] | None = None
+    """Model name → submit path; default: the model's schema (``batchgen.schemas``)."""
+    first_poll: float = 2.0
+    """Seconds before the first poll while nothing is learnt about task durations."""
+    min_poll_interval: float = 0.5
+    max_poll_interval: float = 30.0
+    backoff_base: float = 1.0
+    """First retry waits up to this many seconds (full jitter), doubling per attempt."""
+    backoff_cap: float = 60.0
+    throttle_pause: float = 1.0
+    """Pause after a 429 that carries no Retry-After (doubles while 429s continue)."""
+    download_retries: int = 4
+    """Retries of a download (same URL) after a network/server error, before resubmitting."""
+    max_throttles: int = 50
+    """A job that gets this many 429s on submit fails (the account is throttled for good)."""
+    page_size: int = 256
+    """Jobs read from the state file at a time."""
+    progress: Progress | None = None
+    progress_interval: float = 1.0
+    seed: int | None = None
+    """Seed of the backoff jitter (tests)."""
+
+
+@dataclass
+class RunSummary:
+    """What a run did and how it ended."""
+
+    exit_code: int = 0
+    stop_reason: str | None = None
+    done: int = 0
+    failed: int = 0
+    rejected: int = 0
+    expired: int = 0
+    failed_by_reason: dict[str, int] = field(default_factory=dict)
+    submitted: int = 0
+    retries: int = 0
+    ambiguous_resubmits: int = 0
+    throttled: int = 0
+    polls: int = 0
+    downloads: int = 0
+    recovered_submitting: int = 0
+    resumed_in_flight: int = 0
+    duration: float = 0.0
+    images_per_minute: float = 0.0
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The summary as a JSON-ready dict."""
+        return dict(self.__dict__)
+
+    def format(self) -> str:
+        """A few human lines."""
+        lines = [
+            f"done {self.done}, failed {self.failed}, rejected {self.rejected}, "
+            f"expired {self.expired} in {self.duration:.1f}s "
+            f"({self.images_per_minute:.1f} images/min)",
+            f"submitted {self.submitted}, retries {self.retries}, ambiguous resubmits "
+            f"{self.ambiguous_resubmits}, 429s {self.throttled}, polls {self.polls}",
+        ]
+        for reason, n in sorted(self.failed_by_reason.items(), key=lambda kv: -kv[1]):
+            lines.append(f"  {n} x {reason}")
+        left = sum(
+            self.counts.get(s, 0) for s in ("pending", "submitting", "running", "downloading")
+        )
+        if left:
+            lines.append(f"{left} jobs not finished yet: run again to resume")
+        if self.stop_reason:
+            lines.append(f"stopped: {self.stop_reason}")
+        return "\n".join(lines)
+
+
+def _reason_key(reason: str) -> str:
+    """A short grouping key of a failure reason (first clause, no task ids)."""
+    return reason.split(" (after ", maxsplit=1)[0][:120]
+
+
+def _default_submit_path(model: str) -> str:
+    from batchgen.schemas import load_model  # noqa: PLC0415 - keep the runner importable alone
+
+    return load_model(model).submit_path
+
+
+class Runner:
+    """One run over one state file; see :func:`run_jobs`."""
+
+    def __init__(
+        self,
+        store: StateStore,
+        client: ModellixClient,
+        limits: LimitsLike,
+        *,
+        options: RunOptions | None = None,
+        output: OutputDir | None = None,
+    ) -> None:
+        self.store = store
+        self.client = client
+        self.limits = limits
+        self.opts = options or RunOptions()
+        self.output = output or OutputDir(store.path.parent)
+        self.summary = RunSummary()
+        self._rng = random.Random(self.opts.seed)
+        self._rate = RateLimiter(limits.rate)
+        self._aimd = AimdLimit(limits.concurrency)
+        self._schedule = PollSchedule(
+            first_wait=self.opts.first_poll,
+            min_interval=self.opts.min_poll_interval,
+            max_interval=self.opts.max_poll_interval,
+        )
+        self._paths: dict[str, str] = {}
+        self._counts: Counter[str] = Counter()
+        self._in_flight = 0  # remote tasks submitted (or being submitted) and not ended
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._retry: list[tuple[float, int, str]] = []  # (ready_at monotonic, seq, job_id)
+        self._seq = 0
+        self._buffer: list[JobRecord] = []
+        self._after = 0
+        self._exhausted = False
+        self._throttles: Counter[str] = Counter()
+        self._changed = asyncio.Event()
+        self._stop_submitting: str | None = None
+        self._stop_code = 0
+        self._throttle_streak = 0
+
+    # ---------------------------------------------------------------- helpers
+    def _wake(self) -> None:
+        self._changed.set()
+
+    def _moved(self, from_state: str, to_state: str) -> None:
+        self._counts[from_state] -= 1
+        self._counts[to_state] += 1
+
+    def _submit_path(self, model: str) -> str:
+        path = self._paths.get(model)
+        if path is None:
+            path = (self.opts.submit_path or _default_submit_path)(model)
+            self._paths[model] = path
+        return path
+
+    def _stop(self, reason: str, code: int) -> None:
+        if self._stop_submitting is None:
+            self._stop_submitting = reason
+            self._stop_code = code
+            logger.error("stopping new submissions: %s", reason, extra={"data": {"event": "stop"}})
+        self._wake()
+
+    def _submissions_stopped(self) -> bool:
+        return self._stop_submitting is not None
+
+    def _schedule_retry(self, job_id: str, delay: float) -> None:
+        self._seq += 1
+        heapq.heappush(self._retry, (time.monotonic() + delay, self._seq, job_id))
+        self._wake()
+
+    def _retry_or_fail(self, job_id: str, from_state: str, attempts: int, reason: str) -> None:
+        """Another attempt after a backoff while attempts remain, else ``failed``."""
+        if attempts >= 1 + self.limits.retries:
+            self.store.mark_failed(job_id, f"{reason} (after {attempts} attempts)")
+            self._moved(from_state, "failed")
+            self.summary.failed_by_reason[_reason_key(reason)] = (
+                self.summary.failed_by_reason.get(_reason_key(reason), 0) + 1
+            )
+            logger.warning("job %s failed: %s (after %d attempts)", job_id, reason, attempts)
+            return
+        self.store.mark_pending(job_id, reason)
+        self._moved(from_state, "pending")
+        self.summary.retries += 1
+        delay = backoff_delay(
+            attempts, base=self.opts.backoff_base, cap=self.opts.backoff_cap, rng=self._rng
+        )
+        logger.debug("job %s: %s; retry in %.2fs", job_id, reason, delay)
+        self._schedule_retry(job_id, delay)
+
+    # ------------------------------------------------------------- job source
+    def _next_job(self) -> JobRecord | float | None:
+        """A job ready to submit, or the seconds until a retry is ready, or ``None``."""
+        now = time.monotonic()
+        if self._retry and self._retry[0][0] <= now:
+            _, _, job_id = heapq.heappop(self._retry)
+            return self.store.get(job_id)
+        if not self._buffer and not self._exhausted:
+            page = self.store.pending_page(self._after, self.opts.page_size)
+            if page:
+                self._after = page[-1][0]
+                self._buffer = [job for _, job in reversed(page)]
+            else:
+                self._exhausted = True
+        if self._buffer:
+            return self._buffer.pop()
+        if self._retry:
+            return max(self._retry[0][0] - now, 0.0)
+        return None
+
+    async def _wait_change(self, timeout: float | None) -> None:
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._changed.wait(), timeout)
+
+    # --------------------------------------------------------------- job life
+    def _spawn(self, coro: Any) -> None:
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+
+        def _done(t: asyncio.Task[None]) -> None:
+            self._tasks.discard(t)
+            if not t.cancelled() and t.exception() is not None:
+                exc = t.exception()
+                logger.error("internal error in a job task: %r", exc, exc_info=exc)
+                self._stop(f"internal error: {exc!r}", EXIT_CODES["stopped"])
+            self._wake()
+
+        task.add_done_callback(_done)
+
+    def _release_slot(self) -> None:
+        self._in_flight -= 1
+        self._wake()
+
+    async def _submit_job(self, job: JobRecord) -> None:
+        """Submit one job, then follow its task to the end (the slot is already taken)."""
+        job_id = job.job_id
+        slot = True
+        try:
+            attempts = self.store.mark_submitting(job_id)
+            self._moved("pending", "submitting")
+            self.summary.submitted += 1
+            try:
+                submitted = await self.client.submit(self._submit_path(job.model), job.body)
+            except RateLimited as exc:
+                self.summary.throttled += 1
+                self._throttles[job_id] += 1
+                self._throttle_streak += 1
+                self._aimd.on_throttle()
+                pause = exc.retry_after
+                if pause is None:
+                    pause = min(
+                        self.opts.backoff_cap,
+                        self.opts.throttle_pause * 2 ** min(self._throttle_streak - 1, 6),
+                    )
+                self._rate.pause(pause)
+                if self._throttles[job_id] >= self.opts.max_throttles:
+                    self.store.mark_failed(job_id, f"rate limited {self._throttles[job_id]} times")
+                    self._moved("submitting", "failed")
+                    self.summary.failed_by_reason["rate limited too often"] = (
+                        self.summary.failed_by_reason.get("rate limited too often", 0) + 1
+                    )
+                else:
+                    self.store.mark_pending(job_id, f"rate limited: {exc}", refund_attempt=True)
+                    self._moved("submitting", "pending")
+                    self._schedule_retry(job_id, 0.0)
+                return
+            except ApiError as exc:
+                self._on_submit_error(job_id, attempts, exc)
+                return
+            self._throttle_streak = 0
+            self._aimd.on_success()
+            # The task_id is committed before anything else happens with the task.
+            self.store.mark_running(job_id, submitted.task_id, submitted.poll_url)
+            self._moved("submitting", "running")
+            slot = False  # _follow owns the slot now
+            await self._follow(job_id, submitted.task_id, submitted.poll_url, time.time(), attempts)
+        finally:
+            if slot:
+                self._release_slot()
+
+    def _on_submit_error(self, job_id: str, attempts: int, exc: ApiError) -> None:
+        if exc.stops_run:
+            self.store.mark_pending(job_id, f"not submitted: {exc}", refund_attempt=True)
+            self._moved("submitting", "pending")
+            self._stop(str(exc), EXIT_CODES["stopped"])
+            return
+        if isinstance(exc, Rejected) and not exc.ambiguous:
+            self.store.mark_rejected(job_id, str(exc))
+            self._moved("submitting", "rejected")
+            logger.warning("job %s rejected: %s", job_id, exc)
+            return
+        if exc.ambiguous:
+            if not self.limits.resubmit_unknown:
+                reason = f"submit outcome unknown (resubmit_unknown is false): {exc}"
+                self.store.mark_failed(job_id, reason)
+                self._moved("submitting", "failed")
+                key = "submit outcome unknown"
+                self.summary.failed_by_reason[key] = self.summary.failed_by_reason.get(key, 0) + 1
+                return
+            self.summary.ambiguous_resubmits += 1
+            self._retry_or_fail(job_id, "submitting", attempts, f"submit outcome unknown: {exc}")
+            return
+        if exc.retryable:
+            self._retry_or_fail(job_id, "submitting", attempts, f"submit failed: {exc}")
+            return
+        self.store.mark_failed(job_id, f"submit failed: {exc}")
+        self._moved("submitting", "failed")
+        key = _reason_key(f"submit failed: {exc}")
+        self.summary.failed_by_reason[key] = self.summary.failed_by_reason.get(key, 0) + 1
+
+    async def _follow(
+        self,
+        job_id: str,
+        task_id: str,
+        poll_url: str | None,
+        submitted_at: float,
+        attempts: int,
+    ) -> None:
+        """Poll a running task (holding its slot) until it ends, then download its result."""
+        slot = True
+        try:
+            deadline = submitted_at + self.limits.timeout
+            polls = 0
+            last_running: float | None = None
+            errors = 0
+            while True:
+                elapsed = time.time() - submitted_at
+                delay = self._schedule.next_delay(elapsed, polls)
+                delay = min(delay, max(deadline - time.time(), 0.0) + 0.01)
+                await asyncio.sleep(delay)
+                elapsed = time.time() - submitted_at
+                try:
+                    status = await self.client.poll(task_id, poll_url)
+                    errors = 0
+                except ApiError as exc:
+                    if isinstance(exc, NotFound):
+                        slot = False
+                        self._release_slot()
+                        self._retry_or_fail(
+                            job_id, "running", attempts, f"task {task_id} not found: {exc}"
+                        )
+                        return
+                    if exc.stops_run:
+                        self._stop(str(exc), EXIT_CODES["stopped"])
+                        return  # stays running with its task_id: the next run polls it
+                    errors += 1
+                    if time.time() > deadline:
+                        status = None
+                    else:
+                        await asyncio.sleep(
+                            backoff_delay(
+                                errors,
+                                base=self.opts.backoff_base,
+                                cap=self.opts.max_poll_interval,
+                                rng=self._rng,
+                            )
+                        )
+                        continue
+                finally:
+                    self.summary.polls += 1
+                polls += 1
+                if status is not None and status.state == "success":
+                    self._schedule.observe(elapsed, last_running)
+                    slot = False
+                    self._release_slot()
+                    self.store.mark_downloading(job_id, f"task {task_id} succeeded")
+                    self._moved("running", "downloading")
+                    await self._download(job_id, status.resources, attempts)
+                    return
+                if status is not None and status.state == "failed":
+                    self._schedule.observe(elapsed, last_running)
+                    slot = False
+                    self._release_slot()
+                    self._retry_or_fail(
+                        job_id, "running", attempts, f"task failed: {status.error or 'no reason'}"
+                    )
+                    return
+                last_running = elapsed
+                if time.time() > deadline:
+                    slot = False
+                    self._release_slot()
+                    raw = status.raw_status if status is not None else "unreachable"
+                    reason = (
+                        f"timed out: task {task_id} still {raw!r} after "
+                        f"{self.limits.timeout:g}s (limits.timeout)"
+                    )
+                    self.store.mark_failed(job_id, reason)
+                    self._moved("running", "failed")
+                    key = "timed out (limits.timeout)"
+                    self.summary.failed_by_reason[key] = (
+                        self.summary.failed_by_reason.get(key, 0) + 1
+                    )
+                    logger.warning("job %s: %s", job_id, reason)
+                    return
+        finally:
+            if slot:
+                self._release_slot()
+
+    def _pick(self, resources: list[Resource]) -> Resource | None:
+        for res in resources:
+            if res.role in (None, "primary") and res.type in (None, "image"):
+                return res
+        return resources[0] if resources else None
+
+    async def _download(self, job_id: str, resources: list[Resource], attempts: int) -> None:
+        resource = self._pick(resources)
+        if resource is None:
+            self._retry_or_fail(job_id, "downloading", attempts, "task succeeded without a result")
+            return
+        tries = 0
+        while True:
+            tries += 1
+            try:
+                with self.output.open_temp(job_id) as (tmp, f):
+                    got = await self.client.download(resource.url, f)
+                    f.flush()
+                result = await asyncio.to_thread(
+                    self.output.finalize,
+                    job_id,
+                    tmp,
+                    expected_bytes=got.bytes,
+                    sha256=got.sha256,
+                    declared_format=resource.format,
+                )
+            except ResultExpired as exc:
+                if attempts >= 1 + self.limits.retries:
+                    self.store.mark_expired(job_id, f"result URL expired: {exc}")
+                    self._moved("downloading", "expired")
+                    return
+                self._retry_or_fail(job_id, "downloading", attempts, f"result URL expired: {exc}")
+                return
+            except (ApiError, ImageCheckError) as exc:
+                if tries <= self.opts.download_retries and (
+                    isinstance(exc, ImageCheckError) or exc.retryable
+                ):
+                    await asyncio.sleep(
+                        backoff_delay(
+                            tries,
+                            base=self.opts.backoff_base,
+                            cap=self.opts.backoff_cap,
+                            rng=self._rng,
+                        )
+                    )
+                    continue
+                self._retry_or_fail(job_id, "downloading", attempts, f"download failed: {exc}")
+                return
+            except OSError as exc:
+                # Disk full, unwritable directory...: stop; the job stays `downloading` and the
+                # next run polls the task again and downloads it.
+                self._stop(f"cannot write the result of job {job_id}: {exc}", EXIT_CODES["stopped"])
+                return
+            self.summary.downloads += 1
+            self.store.mark_done(job_id, result)
+            self._moved("downloading", "done")
+            self.output.append_metadata(self.store.get(job_id))
+            return
+
+    # ------------------------------------------------------------------- run
+    async def run(self) -> RunSummary:
+        """Drive every active job to an end (or until a stop); return the summary."""
+        started = time.monotonic()
+        deadline = started + self.opts.max_runtime if self.opts.max_runtime else None
+        stop_event = self.opts.stop
+        recovered = self.store.recover_submitting(resubmit=self.limits.resubmit_unknown)
+        self.summary.recovered_submitting = len(recovered)
+        if recovered:
+            logger.warning(
+                "%d job(s) were being submitted when the last run ended; their tasks may exist "
+                "remotely: %s",
+                len(recovered),
+                "submitting them again" if self.limits.resubmit_unknown else "marked failed",
+                extra={"data": {"event": "recovered_submitting", "jobs": recovered[:20]}},
+            )
+        self._counts.update(self.store.counts())
+        progress = self.opts.progress
+        # Tasks that already exist remotely: poll them, never resubmit.
+        for job in self.store.iter_jobs(["running", "downloading"]):
+            self.summary.resumed_in_flight += 1
+            if job.task_id is None:  # cannot happen through this module; be safe anyway
+                self.store.mark_pending(job.job_id, "no task_id recorded")
+                self._moved(job.state, "pending")
+                continue
+            if job.state == "downloading":
+                # One more poll gives the result URL again (downloads hold no slot).
+                self._spawn(self._resume_download(job))
+                continue
+            self._in_flight += 1
+            self._spawn(
+                self._follow(
+                    job.job_id,
+                    job.task_id,
+                    job.poll_url,
+                    job.submitted_at or time.time(),
+                    job.attempts,
+                )
+            )
+        ticker = asyncio.get_running_loop().create_task(self._tick(progress))
+        interrupted = False
+        deadline_hit = False
+        try:
+            while True:
+                self._changed.clear()
+                if stop_event is not None and stop_event.is_set():
+                    interrupted = True
+                    break
+                if deadline is not None and time.monotonic() >= deadline:
+                    deadline_hit = True
+                    break
+                if self._stop_submitting is not None:
+                    if not self._tasks:
+                        break
+                    await self._wait_for_stop_or_change(stop_event, deadline, None)
+                    continue
+                if self._in_flight >= self._aimd.limit:
+                    await self._wait_for_stop_or_change(stop_event, deadline, None)
+                    continue
+                nxt = self._next_job()
+                if nxt is None:
+                    if not self._tasks:
+                        break
+                    await self._wait_for_stop_or_change(stop_event, deadline, None)
+                    continue
+                if isinstance(nxt, float):
+                    await self._wait_for_stop_or_change(stop_event, deadline, nxt)
+                    continue
+                job = nxt
+                delay = self._rate.delay()
+                while delay > 0 and not (stop_event is not None and stop_event.is_set()):
+                    if deadline is not None and time.monotonic() + delay > deadline:
+                        break
+                    await self._wait_for_stop_or_change(stop_event, deadline, delay)
+                    self._changed.clear()
+                    if self._submissions_stopped():
+                        break
+                    delay = self._rate.delay()
+                if (
+                    delay > 0
+                    or self._submissions_stopped()
+                    or (stop_event is not None and stop_event.is_set())
+                    or self._in_flight >= self._aimd.limit
+                ):
+                    self._buffer.append(job)  # not taken: back to the front of the queue
+                    continue
+                self._rate.try_acquire()
+                self._in_flight += 1
+                self._spawn(self._submit_job(job))
+        finally:
+            if interrupted or deadline_hit or self._tasks:
+                for task in list(self._tasks):
+                    task.cancel()
+                if self._tasks:
+                    await asyncio.gather(*self._tasks, return_exceptions=True)
+            ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await ticker
+            self.output.close()
+        counts = self.store.counts()
+        if progress is not None:
+            progress.update(counts, force=True)
+            progress.close()
+        s = self.summary
+        s.counts = counts
+        s.done, s.failed = counts["done"], counts["failed"]
+        s.rejected, s.expired = counts["rejected"], counts["expired"]
+        s.duration = time.monotonic() - started
+        s.images_per_minute = s.downloads / s.duration * 60 if s.duration > 0 else 0.0
+        left = sum(counts[k] for k in ("pending", "submitting", "running", "downloading"))
+        if interrupted:
+            s.exit_code, s.stop_reason = EXIT_CODES["interrupted"], "interrupted"
+        elif self._stop_submitting is not None:
+            s.exit_code, s.stop_reason = self._stop_code, self._stop_submitting
+        elif deadline_hit and left:
+            s.exit_code, s.stop_reason = EXIT_CODES["tempfail"], "max runtime reached"
+        elif any(counts[k] for k in _TERMINAL_BAD):
+            s.exit_code = EXIT_CODES["jobs_failed"]
+        else:
+            s.exit_code = EXIT_CODES["ok"]
+        return s
+
+    async def _resume_download(self, job: JobRecord) -> None:
+        """A job a previous run left in ``downloading``: poll its task once more for the URL."""
+        assert job.task_id is not None
+        job_id = job.job_id
+        try:
+            status = await self.client.poll(job.task_id, job.poll_url)
+            self.summary.polls += 1
+        except ApiError as exc:
+            if exc.stops_run:
+                self._stop(str(exc), EXIT_CODES["stopped"])
+                return
+            self._retry_or_fail(job_id, "downloading", job.attempts, f"re-poll failed: {exc}")
+            return
+        if status.state != "success":
+            self._retry_or_fail(job_id, "downloading", job.attempts, "task result not available")
+            return
+        await self._download(job_id, status.resources, job.attempts)
+
+    async def _wait_for_stop_or_change(
+        self, stop: asyncio.Event | None, deadline: float | None, timeout: float | None
+    ) -> None:
+        limit = timeout
+        if deadline is not None:
+            left = max(deadline - time.monotonic(), 0.0)
+            limit = left if limit is None else min(limit, left)
+        if stop is None:
+            await self._wait_change(limit)
+            return
+        waiters = {
+            asyncio.ensure_future(self._changed.wait()),
+            asyncio.ensure_future(stop.wait()),
+        }
+        try:
+            await asyncio.wait(waiters, timeout=limit, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waiters:
+                w.cancel()
+
+    async def _tick(self, progress: Progress | None) -> None:
+        while True:
+            await asyncio.sleep(self.opts.progress_interval)
+            if progress is not None:
+                progress.update({k: self._counts[k] for k in ALL_STATES})
+            await asyncio.to_thread(self.output.sync)
+
+
+async def run_jobs(
+    store: StateStore,
+    client: ModellixClient,
+    limits: LimitsLike,
+    *,
+    options: RunOptions | None = None,
+    output: OutputDir | None = None,
+) -> RunSummary:
+    """Run every active job of ``store`` to an end with ``client``; see :class:`Runner`.
+
+    The caller holds the run lock, has recorded the jobs (``store.sync_jobs``) and
+    prepared the output directory (:meth:`OutputDir.prepare`).
+    """
+    return await Runner(store, client, limits, options=options, output=output).run()
+
+
+def summary_counts(counts: Mapping[str, int]) -> str:
+    """``done=3 failed=1`` for a final log line."""
+    return " ".join(f"{k}={v}" for k, v in counts.items() if v)
