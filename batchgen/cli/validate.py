@@ -1,0 +1,91 @@
+"""`batchgen validate MANIFEST...`: check manifests, print every problem, exit 0 or 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from batchgen.cli import EXIT_OK, EXIT_USAGE
+from batchgen.diagnostics import Diagnostic, ManifestError
+from batchgen.manifest import DEFAULT_MAX_JOBS, load_manifest
+
+
+def positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1 (underscores allowed: 1_000_000)."""
+    try:
+        value = int(text.replace("_", "").replace(",", ""))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
+    return value
+
+
+def add_max_jobs(parser: argparse.ArgumentParser) -> None:
+    """The shared ``--max-jobs`` option."""
+    parser.add_argument(
+        "--max-jobs",
+        type=positive_int,
+        default=DEFAULT_MAX_JOBS,
+        metavar="N",
+        help=f"refuse manifests that expand to more than N jobs (default {DEFAULT_MAX_JOBS:,})",
+    )
+
+
+def add_parser(subparsers: Any) -> None:
+    """Register `validate`."""
+    parser = subparsers.add_parser(
+        "validate",
+        help="check manifests; print every error with file:line",
+        description="Check manifests without sending anything. Exit 0 when all are valid, "
+        "2 otherwise.",
+    )
+    parser.add_argument("manifests", nargs="+", metavar="MANIFEST")
+    parser.add_argument("--json", action="store_true", help="print one JSON document")
+    add_max_jobs(parser)
+    parser.set_defaults(handler=handle)
+
+
+def check(path: str, max_jobs: int) -> tuple[int | None, list[Diagnostic]]:
+    """Load one manifest: (job count or None when invalid, diagnostics). Never raises."""
+    try:
+        manifest = load_manifest(path, max_jobs=max_jobs)
+    except ManifestError as exc:
+        return None, exc.diagnostics
+    except Exception as exc:  # last resort: a message, never a traceback
+        message = f"internal error while checking this manifest: {type(exc).__name__}: {exc}"
+        return None, [Diagnostic(path, 0, 0, "", message, hint="please report it")]
+    return manifest.count(), manifest.warnings
+
+
+def handle(args: argparse.Namespace) -> int:
+    """Validate each manifest; print diagnostics; exit 0 or 2."""
+    report: list[dict[str, Any]] = []
+    ok = True
+    for path in args.manifests:
+        count, diagnostics = check(path, args.max_jobs)
+        errors = [d for d in diagnostics if d.is_error]
+        ok = ok and count is not None
+        if args.json:
+            report.append(
+                {
+                    "manifest": path,
+                    "valid": count is not None,
+                    "jobs": count,
+                    "errors": [d.to_dict() for d in errors],
+                    "warnings": [d.to_dict() for d in diagnostics if not d.is_error],
+                }
+            )
+            continue
+        for diagnostic in diagnostics:
+            print(diagnostic.format(), file=sys.stderr)
+        if count is None:
+            plural = "s" if len(errors) != 1 else ""
+            print(f"{path}: invalid ({len(errors)} error{plural})", file=sys.stderr)
+        else:
+            print(f"{path}: valid ({count:,} jobs)")
+    if args.json:
+        print(json.dumps({"valid": ok, "manifests": report}, indent=2, ensure_ascii=False))
+    return EXIT_OK if ok else EXIT_USAGE

@@ -1,0 +1,139 @@
+"""What a manifest would do, without sending anything: counts, duplicates, samples."""
+
+from __future__ import annotations
+
+import datetime
+import json
+from collections import Counter
+from dataclasses import asdict
+from typing import Any
+
+from batchgen.diagnostics import short
+from batchgen.manifest import Manifest
+
+__all__ = ["build_plan", "format_plan"]
+
+_MAX_DISTINCT = 1000  # per field, values counted one by one up to this many
+_SHOWN_VALUES = 6
+_DUPLICATE_EXAMPLES = 3
+
+
+def _value_key(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+
+
+def build_plan(manifest: Manifest, *, today: datetime.date, samples: int = 3) -> dict[str, Any]:
+    """Expand every job once and summarise it as a JSON-ready dict.
+
+    Keys: ``manifest``, ``name``, ``total_jobs``, ``by_group``, ``by_model``,
+    ``by_field`` (per body field: ``values`` counts, or ``distinct`` when there are
+    many), ``duplicates`` (identical bodies that would run more than once without
+    ``repeat``), ``run_dir``, ``limits``, ``samples`` and ``warnings``.
+    """
+    by_model: Counter[str] = Counter()
+    fields: dict[str, Counter[str]] = {}
+    overflow: set[str] = set()
+    seen: dict[str, str] = {}  # body id (repeat 0) -> group
+    duplicate_jobs = 0
+    duplicate_examples: list[dict[str, Any]] = []
+    sample_jobs: list[dict[str, Any]] = []
+    sampled_groups: set[str] = set()
+    total = 0
+    for job in manifest.iter_jobs():
+        total += 1
+        by_model[job.model] += 1
+        for name, value in job.body.items():
+            counter = fields.setdefault(name, Counter())
+            if name in overflow:
+                continue
+            key = _value_key(value)
+            if key not in counter and len(counter) >= _MAX_DISTINCT:
+                overflow.add(name)
+                continue
+            counter[key] += 1
+        if job.repeat_index == 0:
+            first = seen.get(job.job_id)
+            if first is not None:
+                duplicate_jobs += 1
+                if len(duplicate_examples) < _DUPLICATE_EXAMPLES:
+                    duplicate_examples.append(
+                        {"job_id": job.job_id, "groups": [first, job.group], "body": job.body}
+                    )
+            else:
+                seen[job.job_id] = job.group
+        if len(sample_jobs) < samples and (
+            job.group not in sampled_groups or len(sampled_groups) >= samples
+        ):
+            sampled_groups.add(job.group)
+            sample_jobs.append(
+                {"job_id": job.job_id, "model": job.model, "group": job.group, "body": job.body}
+            )
+    by_field: dict[str, Any] = {}
+    for name, counter in fields.items():
+        if name in overflow or len(counter) > _SHOWN_VALUES:
+            by_field[name] = {
+                "distinct": len(counter),
+                "more": name in overflow,
+                "top": dict(counter.most_common(3)),
+            }
+        else:
+            by_field[name] = {"values": dict(counter.most_common())}
+    return {
+        "manifest": str(manifest.path),
+        "name": manifest.name,
+        "total_jobs": total,
+        "by_group": manifest.group_counts(),
+        "by_model": dict(by_model),
+        "by_field": by_field,
+        "duplicates": {
+            "bodies": duplicate_jobs,
+            "examples": duplicate_examples,
+        },
+        "run_dir": str(manifest.run_dir(today)),
+        "limits": asdict(manifest.limits),
+        "samples": sample_jobs,
+        "warnings": [d.to_dict() for d in manifest.warnings],
+        "warning_lines": [d.format() for d in manifest.warnings],
+    }
+
+
+def format_plan(plan: dict[str, Any]) -> str:
+    """The plan as text for a terminal."""
+    lines = [
+        f"manifest: {plan['manifest']} (name {plan['name']})",
+        f"jobs:     {plan['total_jobs']:,}",
+        f"run dir:  {plan['run_dir']}",
+    ]
+    limits = plan["limits"]
+    lines.append("limits:   " + ", ".join(f"{k}={v}" for k, v in limits.items()))
+    lines.append("")
+    lines.append("by group:")
+    lines += [f"  {group:<12} {count:>10,}" for group, count in plan["by_group"].items()]
+    lines.append("by model:")
+    lines += [f"  {model:<24} {count:>10,}" for model, count in plan["by_model"].items()]
+    lines.append("by body field:")
+    for name, info in plan["by_field"].items():
+        if "values" in info:
+            shown = ", ".join(f"{short(v)}: {c:,}" for v, c in info["values"].items())
+            lines.append(f"  {name}: {shown}")
+        else:
+            more = "more than " if info["more"] else ""
+            lines.append(f"  {name}: {more}{info['distinct']:,} distinct values")
+    dup = plan["duplicates"]
+    if dup["bodies"]:
+        lines.append("")
+        lines.append(
+            f"warning: {dup['bodies']:,} jobs have a body identical to an earlier job and would "
+            "run it again (use repeat: N to ask for several images of one body on purpose)"
+        )
+        for example in dup["examples"]:
+            groups = " and ".join(dict.fromkeys(example["groups"]))
+            lines.append(f"  {example['job_id']} in {groups}: {short(example['body'], 90)}")
+    for warning in plan["warning_lines"]:
+        lines.append(warning)
+    lines.append("")
+    lines.append("sample bodies:")
+    for sample in plan["samples"]:
+        body = json.dumps(sample["body"], ensure_ascii=False)
+        lines.append(f"  {sample['group']} {sample['job_id']} {sample['model']}: {body}")
+    return "\n".join(lines)
