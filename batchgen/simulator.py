@@ -35,7 +35,7 @@ import socket
 import threading
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -57,8 +57,8 @@ __all__ = [
     "serve_in_thread",
 ]
 
-Scope = Mapping[str, Any]
-Message = dict[str, Any]
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 Headers = list[tuple[bytes, bytes]]
@@ -754,6 +754,7 @@ def _bind(host: str, port: int, allow_remote: bool) -> socket.socket:
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host.strip("[]"), port))
+        sock.listen(2048)  # accept (queue) connections from now on, before uvicorn starts
     except OSError:
         sock.close()
         raise
@@ -790,7 +791,7 @@ def run_server(
     http: str = "auto",
     ready: Callable[[str], None] | None = None,
 ) -> None:
-    """Serve ``sim`` with uvicorn until interrupted (SIGINT/SIGTERM); blocking.
+    """Serve ``sim`` with uvicorn until interrupted (SIGINT returns; SIGTERM ends the process).
 
     Refuses a non-loopback ``host`` unless ``allow_remote``. ``ready`` is called
     with the base URL (real port, when ``port`` is 0) once the socket is bound.
@@ -801,6 +802,9 @@ def run_server(
     server = _uvicorn_server(sim, http)
     try:
         server.run(sockets=[sock])
+    except KeyboardInterrupt:
+        # uvicorn shuts down gracefully on SIGINT, then re-raises it: that is a normal stop.
+        pass
     finally:
         sock.close()
 
