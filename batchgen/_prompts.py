@@ -81,6 +81,8 @@ def _decode(path: Path, display: str) -> str:
 def read_prompts(path: Path, display: str) -> tuple[PromptRows, list[Diagnostic]]:
     """Read ``path`` (shown as ``display`` in messages); see the module doc for formats."""
     suffix = path.suffix.lower()
+    if path.is_dir():
+        raise PromptsFileProblem(f"prompts file {display} is a directory, not a file")
     if suffix not in SUFFIXES:
         raise PromptsFileProblem(
             f"prompts file {display} has an unknown extension '{path.suffix}'",
@@ -121,7 +123,12 @@ def _read_txt(text: str, rows: PromptRows) -> None:
 
 
 def _prompt_column_problem(names: list[str], display: str) -> PromptsFileProblem:
-    hint = did_you_mean("prompt", names)
+    close = did_you_mean("prompt", names)
+    hint = ""
+    if close:
+        hint = (
+            "rename the column " + close.removeprefix("did you mean ").rstrip("?") + " to 'prompt'"
+        )
     return PromptsFileProblem(
         f"prompts file {display} has no 'prompt' column (found: "
         + ", ".join(repr(n) for n in names)

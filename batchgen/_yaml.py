@@ -80,28 +80,21 @@ class _Builder:
 
     def size(self, root: Node) -> int:
         """Number of nodes once aliases are expanded, computed without expanding them."""
-        order: list[Node] = []
-        stack: list[Node] = [root]
-        seen: set[int] = set()
-        while stack:  # iterative post-order over the (acyclic or cyclic) node graph
-            node = stack.pop()
-            if id(node) in seen:
+        stack: list[tuple[Node, bool]] = [(root, False)]
+        while stack:  # iterative post-order: children are sized before their parents
+            node, children_done = stack.pop()
+            if id(node) in self.sizes:
                 continue
-            seen.add(id(node))
-            order.append(node)
+            children: list[Node] = []
             if isinstance(node, SequenceNode):
-                stack.extend(node.value)
+                children = list(node.value)
             elif isinstance(node, MappingNode):
-                for key, value in node.value:
-                    stack.extend((key, value))
-        for node in reversed(order):
-            total = 1
-            if isinstance(node, SequenceNode):
-                total += sum(self.sizes.get(id(child), self.max_nodes + 1) for child in node.value)
-            elif isinstance(node, MappingNode):
-                for key, value in node.value:
-                    total += self.sizes.get(id(key), self.max_nodes + 1)
-                    total += self.sizes.get(id(value), self.max_nodes + 1)
+                children = [n for pair in node.value for n in pair]
+            if not children_done:
+                stack.append((node, True))
+                stack.extend((c, False) for c in children if id(c) not in self.sizes)
+                continue
+            total = 1 + sum(self.sizes.get(id(c), 0) for c in children)
             self.sizes[id(node)] = min(total, 10 * self.max_nodes)
         return self.sizes[id(root)]
 
@@ -232,6 +225,10 @@ def load_yaml(text: str, file: str, *, max_nodes: int = MAX_NODES) -> tuple[Any,
         line = mark.line + 1 if mark else 0
         col = mark.column + 1 if mark else 0
         problem = exc.problem or "invalid YAML"
+        if "end of stream" in problem and exc.context_mark is not None:
+            line, col = exc.context_mark.line + 1, exc.context_mark.column + 1
+            what = "a quoted string" if "quoted" in str(exc.context) else "a value"
+            problem = f"{what} starting here never ends (unclosed quote or bracket?)"
         line_text = lines[line - 1] if 0 < line <= len(lines) else ""
         if "\t" in line_text[: len(line_text) - len(line_text.lstrip())]:
             col = line_text.index("\t") + 1

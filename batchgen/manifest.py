@@ -394,6 +394,13 @@ class _Ctx:
     def problem(self, path: PathT, problem: FieldProblem, **kw: Any) -> None:
         self.add(path, problem.message, expected=problem.expected, hint=problem.hint, **kw)
 
+    def sorted(self) -> list[Diagnostic]:
+        """The diagnostics in reading order: the manifest first, by line; summaries last."""
+        return sorted(
+            self.diagnostics,
+            key=lambda d: (d.line <= 0, d.file != self.file, d.file, d.line, d.column),
+        )
+
     def summarize(self) -> None:
         """Add one line per kind of error that was cut short."""
         for (where, kind), count in self._kinds.items():
@@ -634,14 +641,14 @@ class _Loader:
         )
         if ctx.failed:
             ctx.summarize()
-            raise ManifestError(ctx.diagnostics)
+            raise ManifestError(ctx.sorted())
         self._check_count(groups)
         for group in groups:
             self._check_expanded(group)
         ctx.summarize()
         if ctx.failed:
-            raise ManifestError(ctx.diagnostics)
-        manifest.warnings = [d for d in ctx.diagnostics if not d.is_error]
+            raise ManifestError(ctx.sorted())
+        manifest.warnings = [d for d in ctx.sorted() if not d.is_error]
         manifest._groups = groups
         return manifest
 
@@ -703,7 +710,7 @@ class _Loader:
             return None
         if model is None:
             return None
-        errors_before = len([d for d in ctx.diagnostics if d.is_error])
+        errors_before = self._errors()
         props = model.properties
         allowed = [*_GROUP_KEYS, *(p for p in props if p not in _GROUP_KEYS)]
         fields: dict[str, Any] = {}
@@ -723,6 +730,11 @@ class _Loader:
         # prompts file
         if "prompts_file" in raw:
             self._rows(group, raw["prompts_file"], fields)
+        raw_matrix = raw.get("matrix")
+        sources_ok = (
+            "matrix" not in raw
+            or (isinstance(raw_matrix, dict) and len(raw_matrix) == len(group.keys))
+        ) and ("prompts_file" not in raw or group.rows is not None)
         # repeat
         if "repeat" in raw:
             repeat = _int_field(ctx, (*gpath, "repeat"), raw["repeat"], 1, "repeat")
@@ -741,8 +753,10 @@ class _Loader:
                 self._body_value(
                     group, path=("defaults", key), key=key, value=value, base=base, where=where
                 )
+        before_fields = self._errors()
         for key, value in fields.items():
             self._body_value(group, path=(*gpath, key), key=key, value=value, base=base, where=None)
+        templates_ok = self._errors() == before_fields
         matrix_body = [k for k, b in zip(group.keys, group.is_body, strict=True) if b]
         for key in [*matrix_body, *group.row_body]:
             base[key] = None
@@ -758,8 +772,10 @@ class _Loader:
 
         # key set: required fields and fields the schema refuses
         always = set(base) - set(group.row_body)
-        for problem in model.check_keys(always | set(group.row_body)):
-            ctx.problem(gpath, problem, shown_path=where)
+        rows_ok = "prompts_file" not in raw or group.rows is not None
+        if self._errors() == errors_before and rows_ok:
+            for problem in model.check_keys(always | set(group.row_body)):
+                ctx.problem(gpath, problem, shown_path=where)
         if group.rows is not None and group.rows.extras is not None:
             missing_req = [r for r in model.required if r in group.row_body and r not in always]
             for i, extra in enumerate(group.rows.extras):
@@ -768,8 +784,8 @@ class _Loader:
                         self._row_error(
                             group, i, message=f"required body field '{req}' is empty", expected=""
                         )
-        self._check_placeholders(group)
-        if len([d for d in ctx.diagnostics if d.is_error]) > errors_before:
+        self._check_placeholders(group, sources_ok=sources_ok, templates_ok=templates_ok)
+        if self._errors() > errors_before:
             return None
         try:
             group.combos = count_combos([len(v) for v in group.values], group.rules)
@@ -812,6 +828,9 @@ class _Loader:
             for problem in model.check_field(key, value):
                 self.ctx.problem(path, problem)
         base[key] = value
+
+    def _errors(self) -> int:
+        return sum(1 for d in self.ctx.diagnostics if d.is_error)
 
     def _once(self, token: tuple[str, ...]) -> bool:
         """True the first time ``token`` is seen (to report a shared default once)."""
@@ -1067,8 +1086,10 @@ class _Loader:
                        {"prompt": rows.prompts[row]}, expected, ERROR, hint)
         )  # fmt: skip
 
-    def _check_placeholders(self, group: _Group) -> None:
+    def _check_placeholders(self, group: _Group, *, sources_ok: bool, templates_ok: bool) -> None:
         ctx = self.ctx
+        if not sources_ok:
+            return  # the variables are not all known: any message would mislead
         variables = list(group.keys)
         if group.rows is not None:
             variables += [c for c in group.rows.columns if c not in variables]
@@ -1086,6 +1107,7 @@ class _Loader:
             for name in template.names:
                 used.add(name)
                 if name not in variables:
+                    templates_ok = False
                     ctx.error(
                         tpath,
                         f"unknown placeholder {{{name}}}",
@@ -1094,6 +1116,8 @@ class _Loader:
                         hint=did_you_mean(name, variables),
                         shown_path=shown,
                     )
+        if not templates_ok:
+            return
         for i, key in enumerate(group.keys):
             if group.is_body[i] or key in used:
                 continue
@@ -1124,7 +1148,7 @@ class _Loader:
                         hint=did_you_mean(col, list(group.model.properties))
                         or f"use {{{col}}} in the prompt",
                     )
-            if "prompt" in group.templates and "prompt" not in used:
+            if not group.prompt_from_rows and "prompt" not in used:
                 ctx.warn(
                     (*group.key_path, "prompt"),
                     "the prompt template does not use {prompt}, so the prompts file's prompts "
