@@ -38,6 +38,7 @@ def build_plan(manifest: Manifest, *, today: datetime.date, samples: int = 3) ->
     duplicate_examples: list[dict[str, Any]] = []
     sample_jobs: list[dict[str, Any]] = []
     sampled_groups: set[str] = set()
+    spare: list[dict[str, Any]] = []  # the first jobs, to fill up the samples
     total = 0
     for job in manifest.iter_jobs():
         total += 1
@@ -61,13 +62,15 @@ def build_plan(manifest: Manifest, *, today: datetime.date, samples: int = 3) ->
                     )
             else:
                 seen[job.job_id] = job.group
-        if len(sample_jobs) < samples and (
-            job.group not in sampled_groups or len(sampled_groups) >= samples
-        ):
-            sampled_groups.add(job.group)
-            sample_jobs.append(
-                {"job_id": job.job_id, "model": job.model, "group": job.group, "body": job.body}
-            )
+        first_of_group = job.group not in sampled_groups and len(sampled_groups) < samples
+        if first_of_group or len(spare) < samples:
+            entry = {"job_id": job.job_id, "model": job.model, "group": job.group, "body": job.body}
+            if first_of_group:
+                sampled_groups.add(job.group)
+                sample_jobs.append(entry)
+            else:
+                spare.append(entry)
+    sample_jobs = (sample_jobs + spare)[:samples]
     by_field: dict[str, Any] = {}
     for name, counter in fields.items():
         if name in overflow or len(counter) > _SHOWN_VALUES:
