@@ -94,7 +94,9 @@ def check_run_dir(run_dir: Path) -> dict[str, int]:
     images = sorted(os.listdir(run_dir / "images"))
     assert not [n for n in images if n.endswith(".tmp")], images
     assert len(images) == len(done), (len(images), len(done))
-    meta = [json.loads(line) for line in (run_dir / "metadata.jsonl").read_text().splitlines()]
+    meta_path = run_dir / "metadata.jsonl"
+    text = meta_path.read_text() if meta_path.exists() else ""
+    meta = [json.loads(line) for line in text.splitlines()]
     assert len(meta) == len(done)
     assert len({m["job_id"] for m in meta}) == len(meta)
     for m in meta:

@@ -1,0 +1,268 @@
+"""One ``batchgen run``: from a manifest (or a run directory) to a finished run.
+
+:func:`run_session` loads the manifest, picks the run directory, takes its
+lock, records the jobs in the state file, prepares the output folder, builds
+the client (the real API, or the in-process simulator with ``simulate``) and
+runs the pool (:mod:`batchgen.runner`).  Everything a library user needs to
+run a manifest without the command line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime as _dt
+import logging
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from batchgen.client import ConfigError, ModellixClient, api_key_from_env, resolve_base_url
+from batchgen.manifest import Limits, Manifest, load_manifest
+from batchgen.output import OutputDir
+from batchgen.progress import Progress
+from batchgen.runner import RunOptions, RunSummary, run_jobs
+from batchgen.state import DB_NAME, StateError, StateStore, acquire_run_lock
+
+__all__ = [
+    "SIMULATE_TIME_SCALE",
+    "RunRequest",
+    "SessionError",
+    "resolve_target",
+    "run_session",
+]
+
+logger = logging.getLogger("batchgen.run")
+
+#: ``--simulate`` runs the simulator this much faster than real time (task latency), and
+#: multiplies the manifest's rate limit by its inverse, so the demo ends in seconds.
+SIMULATE_TIME_SCALE = 0.1
+
+
+class SessionError(Exception):
+    """A run cannot start; ``exit_code`` says how the command line should exit."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+@dataclass
+class RunRequest:
+    """What to run and how (the command line's options)."""
+
+    target: Path
+    """A manifest file, or a run directory (or its ``state.db``) to resume from the state alone."""
+    simulate: bool = False
+    base_url: str | None = None
+    output: Path | None = None
+    """The run directory (default: the manifest's ``output``); ``{name}``/``{date}`` allowed."""
+    concurrency: int | None = None
+    rate: float | None = None
+    retries: int | None = None
+    timeout: float | None = None
+    max_runtime: float | None = None
+    max_jobs: int = 1_000_000
+    today: _dt.date | None = None
+    progress_bar: bool | None = None
+    """A tqdm bar (``None``: only when stderr is a terminal)."""
+    options: dict[str, Any] = field(default_factory=dict)
+    """Extra :class:`batchgen.runner.RunOptions` fields."""
+
+
+def resolve_target(target: Path) -> tuple[Path | None, Path | None]:
+    """``(manifest, run_dir)``: exactly one is set, depending on what ``target`` is."""
+    target = Path(target)
+    if target.is_dir():
+        return None, target
+    if target.name == DB_NAME:
+        return None, target.parent
+    return target, None
+
+
+def _limits_from(stored: Mapping[str, Any] | None, base: Limits, req: RunRequest) -> Limits:
+    limits = base
+    if stored:
+        known = {f.name for f in dataclasses.fields(Limits)}
+        limits = dataclasses.replace(base, **{k: v for k, v in stored.items() if k in known})
+    changes: dict[str, Any] = {}
+    for name in ("concurrency", "rate", "retries", "timeout"):
+        value = getattr(req, name)
+        if value is not None:
+            changes[name] = value
+    return dataclasses.replace(limits, **changes)
+
+
+async def run_session(
+    req: RunRequest,
+    *,
+    stop: asyncio.Event | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> RunSummary:
+    """Run ``req`` to the end; raise :class:`SessionError` when it cannot start.
+
+    ``ManifestError`` (an invalid manifest) propagates for the caller to print.
+    """
+    env = os.environ if environ is None else environ
+    manifest_path, run_dir = resolve_target(req.target)
+    today = req.today or _dt.date.today()
+    manifest: Manifest | None = None
+    if manifest_path is not None:
+        t0 = time.perf_counter()
+        manifest = load_manifest(manifest_path, max_jobs=req.max_jobs)
+        logger.debug("manifest loaded in %.3fs", time.perf_counter() - t0)
+        if req.output is not None:
+            text = str(req.output).format(name=manifest.name, date=today.isoformat())
+            run_dir = Path(text)
+        else:
+            run_dir = manifest.run_dir(today)
+    elif req.output is not None:
+        raise SessionError("--output applies to a manifest, not to a run directory", 2)
+    assert run_dir is not None
+    if manifest is None and not (run_dir / DB_NAME).exists():
+        raise SessionError(f"{req.target} is neither a manifest nor a run directory", 2)
+
+    try:
+        lock = acquire_run_lock(run_dir)
+    except PermissionError as exc:
+        raise SessionError(f"cannot use run directory {run_dir}: {exc}", 3) from exc
+    except OSError as exc:
+        raise SessionError(f"cannot use run directory {run_dir}: {exc}", 3) from exc
+    try:
+        return await _locked(req, manifest, run_dir, stop, env)
+    finally:
+        lock.release()
+
+
+async def _locked(
+    req: RunRequest,
+    manifest: Manifest | None,
+    run_dir: Path,
+    stop: asyncio.Event | None,
+    env: Mapping[str, str],
+) -> RunSummary:
+    try:
+        store = StateStore.open(run_dir, create=manifest is not None)
+    except StateError as exc:
+        raise SessionError(str(exc), 3) from exc
+    try:
+        stored = store.settings()
+        simulate = req.simulate or (manifest is None and bool(stored.get("simulate")))
+        base_limits = manifest.limits if manifest is not None else Limits()
+        limits = _limits_from(stored.get("limits") if manifest is None else None, base_limits, req)
+        if simulate:
+            base_url = "http://127.0.0.1"
+        else:
+            try:
+                base_url = resolve_base_url(
+                    req.base_url or (stored.get("base_url") if manifest is None else None), env
+                )
+            except ConfigError as exc:
+                raise SessionError(str(exc), 3) from exc
+        settings: dict[str, Any] = {
+            "limits": dataclasses.asdict(limits),
+            "base_url": base_url,
+            "simulate": simulate,
+        }
+        if manifest is not None:
+            settings.update(
+                {
+                    "manifest": str(manifest.path.resolve()),
+                    "name": manifest.name,
+                    "models": manifest.models,
+                }
+            )
+        store.update_settings(settings)
+        if manifest is not None:
+            t0 = time.perf_counter()
+            sync = store.sync_jobs(manifest.iter_jobs())
+            logger.info(
+                "run directory %s: %d jobs (%d new)%s",
+                run_dir,
+                sync.total,
+                sync.added,
+                f"; {sync.inactive} jobs no longer in the manifest are left as they are"
+                if sync.inactive
+                else "",
+                extra={
+                    "data": {
+                        "event": "jobs",
+                        "total": sync.total,
+                        "added": sync.added,
+                        "not_in_manifest": sync.inactive,
+                        "seconds": round(time.perf_counter() - t0, 3),
+                    }
+                },
+            )
+        output = OutputDir(run_dir)
+        try:
+            cleaned = output.prepare(store)
+        except OSError as exc:
+            raise SessionError(f"cannot prepare {run_dir}: {exc}", 3) from exc
+        if cleaned["temp_files"] or cleaned["stray_images"] or cleaned["rebuilt"]:
+            logger.info(
+                "cleaned up after the last run: %d temp files, %d unrecorded images; "
+                "metadata.jsonl %s",
+                cleaned["temp_files"],
+                cleaned["stray_images"],
+                "rebuilt" if cleaned["rebuilt"] else "kept",
+            )
+        client = _make_client(simulate, base_url, limits, env)
+        options = RunOptions(max_runtime=req.max_runtime, stop=stop, **req.options)
+        if simulate:
+            options = dataclasses.replace(
+                options,
+                first_poll=0.2,
+                min_poll_interval=0.05,
+                max_poll_interval=2.0,
+                backoff_base=0.1,
+                backoff_cap=2.0,
+                throttle_pause=0.1,
+            )
+            limits = dataclasses.replace(limits, rate=limits.rate / SIMULATE_TIME_SCALE)
+        if options.progress is None:
+            total = sum(store.counts().values())
+            options.progress = Progress(total, bar=req.progress_bar)
+        session_id = store.begin_session()
+        summary = RunSummary()
+        try:
+            async with client:
+                summary = await run_jobs(store, client, limits, options=options, output=output)
+        finally:
+            store.end_session(session_id, summary.exit_code, summary.as_dict())
+        return summary
+    finally:
+        store.close()
+
+
+def _make_client(
+    simulate: bool, base_url: str, limits: Limits, env: Mapping[str, str]
+) -> ModellixClient:
+    connections = max(10, min(limits.concurrency * 2 + 10, 1000))
+    if simulate:
+        import httpx  # noqa: PLC0415
+
+        from batchgen.simulator import Simulator, SimulatorConfig  # noqa: PLC0415
+
+        config = SimulatorConfig(time_scale=SIMULATE_TIME_SCALE, seed=int(time.time()))
+        sim = Simulator(config)
+        return ModellixClient(
+            base_url,
+            config.api_key,
+            transport=httpx.ASGITransport(app=sim),
+            max_connections=connections,
+        )
+    key = api_key_from_env(env)
+    if key is None:
+        raise SessionError(
+            "MODELLIX_API_KEY is not set: export your Modellix API key in it "
+            "(or try the whole pipeline without a key: batchgen run MANIFEST --simulate)",
+            3,
+        )
+    try:
+        return ModellixClient(base_url, key, max_connections=connections)
+    except ConfigError as exc:
+        raise SessionError(str(exc), 3) from exc
