@@ -26,6 +26,7 @@ import re
 import string
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from json.encoder import c_make_encoder, encode_basestring  # type: ignore[attr-defined]
 from pathlib import Path
 from typing import Any
 
@@ -122,11 +123,22 @@ class Job:
 
 
 _ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+_C_ENCODER: Any = None
+if c_make_encoder is not None:  # the C encoder, built once (json.dumps builds one per call)
+    _C_ENCODER = c_make_encoder(
+        None, _ENCODER.default, encode_basestring, None, ":", ",", True, False, True
+    )
+
+
+def _encode(body: Mapping[str, Any]) -> str:
+    if _C_ENCODER is not None:
+        return "".join(_C_ENCODER(body, 0))
+    return _ENCODER.encode(body)  # pragma: no cover - CPython has the C encoder
 
 
 def canonical_json(body: Mapping[str, Any]) -> str:
     """The body as JSON with sorted keys and no spaces: the input of :func:`job_id_for`."""
-    return _ENCODER.encode(body)
+    return _encode(body)
 
 
 def job_id_for(model: str, body: Mapping[str, Any], repeat_index: int) -> str:
@@ -214,21 +226,39 @@ class _Group:
     def needs_vars(self) -> bool:
         return bool(self.templates) or any(t is not None for ts in self.value_templates for t in ts)
 
-    def iter_bodies(self) -> Iterator[tuple[dict[str, Any], int, tuple[int, ...]]]:
-        """Each distinct body (before repeats) with its row index and combination."""
+    def _combo_items(
+        self,
+    ) -> Iterator[tuple[tuple[int, ...], dict[str, Any], dict[str, str]]]:
+        """Each combination with its body fields and its variables (as text)."""
         sizes = [len(v) for v in self.values]
         body_positions = [i for i, b in enumerate(self.is_body) if b]
-        keys, values, templates = self.keys, self.values, self.templates
-        value_templates = self.value_templates
-        has_value_templates = any(t is not None for ts in value_templates for t in ts)
+        texts = [[render_value(v) for v in vals] for vals in self.values]
+        keys, values = self.keys, self.values
+        needs_vars = self.needs_vars()
+        for combo in iter_combos(sizes, self.rules):
+            updates = {keys[i]: values[i][combo[i]] for i in body_positions}
+            variables = (
+                {key: texts[i][combo[i]] for i, key in enumerate(keys)} if needs_vars else {}
+            )
+            yield combo, updates, variables
+
+    def iter_bodies(self) -> Iterator[tuple[dict[str, Any], int, tuple[int, ...]]]:
+        """Each distinct body (before repeats) with its row index and combination."""
+        templates = [(name, t.text) for name, t in self.templates.items()]
+        value_templates = [
+            (self.keys[i], {j: t.text for j, t in enumerate(ts) if t is not None})
+            for i, ts in enumerate(self.value_templates)
+            if any(t is not None for t in ts)
+        ]
+        positions = {key: i for i, key in enumerate(self.keys)}
         needs_vars = self.needs_vars()
         rows = self.rows
-        cached: list[tuple[int, ...]] | None = None
+        items: Any = None
         if rows is not None and len(rows.prompts) > 1 and self.combos <= 100_000:
-            cached = list(iter_combos(sizes, self.rules))
+            items = list(self._combo_items())
         for r in range(self.row_count):
             row_base = self.base
-            row_vars: dict[str, Any] = {}
+            row_vars: dict[str, str] = {}
             if rows is not None:
                 row_base = dict(self.base)
                 extra = rows.extras[r] if rows.extras is not None else {}
@@ -237,26 +267,21 @@ class _Group:
                         row_base[col] = extra[col]
                     else:
                         row_base.pop(col, None)
-                row_vars = dict(extra)
+                row_vars = {k: render_value(v) for k, v in extra.items()}
                 row_vars["prompt"] = rows.prompts[r]
                 if self.prompt_from_rows:
                     row_base["prompt"] = rows.prompts[r]
-            combos = cached if cached is not None else iter_combos(sizes, self.rules)
-            for combo in combos:
-                body = dict(row_base)
-                for i in body_positions:
-                    body[keys[i]] = values[i][combo[i]]
+            for combo, updates, combo_vars in items if items is not None else self._combo_items():
+                body = row_base.copy()
+                body.update(updates)
                 if needs_vars:
-                    variables = dict(row_vars)
-                    for i, key in enumerate(keys):
-                        variables[key] = values[i][combo[i]]
-                    for name, template in templates.items():
-                        body[name] = template.render(variables)
-                    if has_value_templates:
-                        for i in body_positions:
-                            vt = value_templates[i][combo[i]]
-                            if vt is not None:
-                                body[keys[i]] = vt.render(variables)
+                    variables = {**row_vars, **combo_vars} if row_vars else combo_vars
+                    for name, fmt in templates:
+                        body[name] = fmt.format_map(variables)
+                    for key, by_index in value_templates:
+                        fmt_value = by_index.get(combo[positions[key]])
+                        if fmt_value is not None:
+                            body[key] = fmt_value.format_map(variables)
                 yield body, r, combo
 
     def combo_values(self, row: int, combo: tuple[int, ...]) -> dict[str, Any]:
@@ -315,7 +340,7 @@ class Manifest:
         repeats. Treat the bodies as read-only.
         """
         sha = hashlib.sha256
-        encode = _ENCODER.encode
+        encode = _encode
         for group in self._groups:
             model = group.model.name
             path = group.path
