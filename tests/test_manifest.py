@@ -8,6 +8,8 @@ import shutil
 from pathlib import Path
 
 import pytest
+import yaml
+from jsonschema import Draft202012Validator
 
 from batchgen import schemas
 from batchgen.manifest import (
@@ -173,3 +175,9 @@ def test_model_schema_gives_submit_path_and_defaults() -> None:
     assert model.validate({"prompt": "x"}) == []
     (message,) = model.validate({"prompt": "x", "size": "1536x1000"})
     assert "did you mean '1536x1024'?" in message
+
+
+@pytest.mark.parametrize("name", ["example.yaml", "nightly.yaml"])
+def test_examples_match_the_published_manifest_schema(name: str) -> None:
+    document = yaml.safe_load((EXAMPLES / name).read_text(encoding="utf-8"))
+    Draft202012Validator(schemas.manifest_schema()).validate(document)
