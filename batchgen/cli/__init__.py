@@ -15,7 +15,15 @@ from collections.abc import Sequence
 from batchgen import __version__
 
 # Subcommand modules, in the order `batchgen --help` lists them.
-COMMAND_MODULES: tuple[str, ...] = ("validate", "plan", "run", "status", "export", "simulate")
+COMMAND_MODULES: tuple[str, ...] = (
+    "validate",
+    "plan",
+    "run",
+    "status",
+    "retry",
+    "export",
+    "simulate",
+)
 
 EXIT_OK = 0
 EXIT_JOBS_FAILED = 1

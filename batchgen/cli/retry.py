@@ -1,0 +1,113 @@
+"""`batchgen retry RUN`: put failed/rejected/expired jobs back to pending and run them."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+from typing import Any
+
+from batchgen.cli import EXIT_INTERRUPTED, EXIT_OK, EXIT_TEMPFAIL, EXIT_USAGE
+from batchgen.cli.run import _count, _duration, _main, _positive_int, _print_summary, _rate
+from batchgen.progress import setup_logging
+from batchgen.report import clean_text
+from batchgen.retry import RetryError, reset_for_retry
+from batchgen.session import RunRequest, SessionError
+from batchgen.state import RunLocked
+
+
+def add_parser(subparsers: Any) -> None:
+    """Register `retry`."""
+    parser = subparsers.add_parser(
+        "retry",
+        help="rerun failed/rejected/expired jobs of a run from its state file alone",
+        description="Reset the chosen jobs to pending (attempts start again from zero; the "
+        "history stays in the state file's events) and run them like `batchgen run RUN`: same "
+        "pool, limits (stored in the state file, overridable here), output and exit codes. "
+        "Without a selection, failed and expired jobs are retried. A job whose body is invalid "
+        "against its model's schema (e.g. a rejected one) is refused with the reason unless "
+        "--set fixes it; an edited job keeps its ID and the edit is recorded in its events. "
+        "Exit codes: as `run`; 2 when every chosen job was refused or a job ID is unknown.",
+    )
+    parser.add_argument("run", metavar="RUN", help="run directory or its state.db")
+    parser.add_argument("--failed", action="store_true", help="retry every failed job")
+    parser.add_argument("--rejected", action="store_true", help="retry every rejected job")
+    parser.add_argument("--expired", action="store_true", help="retry every expired job")
+    parser.add_argument(
+        "--job", action="append", default=[], metavar="ID", help="retry this job (repeatable)"
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="edit the body of every retried job (validated against the model's schema)",
+    )
+    parser.add_argument("--simulate", action="store_true", help="use the built-in fake API")
+    parser.add_argument("--base-url", metavar="URL", help="API base URL (default: as stored)")
+    parser.add_argument("--concurrency", type=_positive_int, metavar="N", help="tasks in flight")
+    parser.add_argument("--rate", type=_rate, metavar="R", help="submissions per second (4/s)")
+    parser.add_argument("--retries", type=_count, metavar="N", help="retries per job")
+    parser.add_argument("--timeout", type=_duration, metavar="T", help="per-task deadline (30m)")
+    parser.add_argument(
+        "--max-runtime", type=_duration, metavar="T", help="stop submitting after T (exit 75)"
+    )
+    parser.add_argument(
+        "--log-format", choices=("text", "json"), default="text", help="log lines on stderr"
+    )
+    parser.set_defaults(handler=handle)
+
+
+def handle(args: argparse.Namespace) -> int:
+    """Reset the chosen jobs and run them; return the exit code."""
+    setup_logging(args.log_format)
+    states = [s for s in ("failed", "rejected", "expired") if getattr(args, s)]
+    if not states and not args.job:
+        states = ["failed", "expired"]
+    try:
+        plan = reset_for_retry(Path(args.run), states=states, job_ids=args.job, sets=args.set)
+    except RunLocked as exc:
+        print(f"batchgen retry: {exc}", file=sys.stderr)
+        return EXIT_TEMPFAIL
+    except RetryError as exc:
+        print(f"batchgen retry: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    for job_id, state in plan.skipped:
+        print(f"batchgen retry: job {job_id} is {state}, not retried", file=sys.stderr)
+    for job_id, reason in plan.refused:
+        print(
+            f"batchgen retry: job {job_id} refused: {clean_text(reason, 300)} "
+            "(fix it with --set FIELD=VALUE)",
+            file=sys.stderr,
+        )
+    if not plan.reset:
+        if plan.refused:
+            return EXIT_USAGE
+        print("nothing to retry", file=sys.stderr)
+        return EXIT_OK
+    edited = f" ({len(plan.edited)} with an edited body)" if plan.edited else ""
+    print(f"retrying {len(plan.reset)} job(s){edited}", file=sys.stderr)
+    req = RunRequest(
+        target=Path(args.run),
+        simulate=args.simulate,
+        base_url=args.base_url,
+        concurrency=args.concurrency,
+        rate=args.rate,
+        retries=args.retries,
+        timeout=args.timeout,
+        max_runtime=args.max_runtime,
+        progress_bar=None if args.log_format == "text" else False,
+    )
+    try:
+        summary = asyncio.run(_main(req))
+    except RunLocked as exc:
+        print(f"batchgen retry: {exc}", file=sys.stderr)
+        return EXIT_TEMPFAIL
+    except SessionError as exc:
+        print(f"batchgen retry: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    _print_summary(summary, args.log_format)
+    return summary.exit_code
