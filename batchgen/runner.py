@@ -100,6 +100,8 @@ class RunOptions:
     """Jobs read from the state file at a time."""
     progress: Progress | None = None
     progress_interval: float = 1.0
+    metrics_interval: float | None = 60.0
+    """Write ``metrics.prom`` (:mod:`batchgen.metrics`) this often and at the end; None: never."""
     seed: int | None = None
     """Seed of the backoff jitter (tests)."""
 
@@ -640,7 +642,18 @@ class Runner:
             s.exit_code = EXIT_CODES["jobs_failed"]
         else:
             s.exit_code = EXIT_CODES["ok"]
+        if self.opts.metrics_interval is not None:
+            await self._write_metrics(running=False, exit_code=s.exit_code)
         return s
+
+    async def _write_metrics(self, **kw: Any) -> None:
+        """Write ``metrics.prom`` in a thread; a failure is logged, never fatal."""
+        from batchgen.metrics import write_metrics  # noqa: PLC0415 - optional feature
+
+        try:
+            await asyncio.to_thread(write_metrics, self.store.path, **kw)
+        except Exception as exc:  # metrics must never stop a run
+            logger.warning("cannot write metrics.prom: %s", exc)
 
     async def _resume_download(self, job: JobRecord) -> None:
         """A job a previous run left in ``downloading``: poll its task once more for the URL."""
@@ -681,11 +694,16 @@ class Runner:
                 w.cancel()
 
     async def _tick(self, progress: Progress | None) -> None:
+        metrics_due = time.monotonic()
         while True:
             await asyncio.sleep(self.opts.progress_interval)
             if progress is not None:
                 progress.update({k: self._counts[k] for k in ALL_STATES})
             await asyncio.to_thread(self.output.sync)
+            interval = self.opts.metrics_interval
+            if interval is not None and time.monotonic() >= metrics_due:
+                metrics_due = time.monotonic() + interval
+                await self._write_metrics()
 
 
 async def run_jobs(
