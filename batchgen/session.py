@@ -25,6 +25,7 @@ from batchgen.manifest import Limits, Manifest, load_manifest
 from batchgen.output import OutputDir
 from batchgen.progress import Progress
 from batchgen.runner import RunOptions, RunSummary, run_jobs
+from batchgen.shard import Shard, filter_shard, shard_run_dir
 from batchgen.state import DB_NAME, StateError, StateStore, acquire_run_lock
 
 __all__ = [
@@ -66,6 +67,9 @@ class RunRequest:
     timeout: float | None = None
     max_runtime: float | None = None
     max_jobs: int = 1_000_000
+    shard: Shard | None = None
+    """Run only this deterministic slice of the manifest's jobs (:mod:`batchgen.shard`), in its
+    own run directory (suffix ``-shard-i-of-N``)."""
     today: _dt.date | None = None
     progress_bar: bool | None = None
     """A tqdm bar (``None``: only when stderr is a terminal)."""
@@ -119,8 +123,11 @@ async def run_session(
             run_dir = Path(text)
         else:
             run_dir = manifest.run_dir(today)
+        run_dir = shard_run_dir(run_dir, req.shard)
     elif req.output is not None:
         raise SessionError("--output applies to a manifest, not to a run directory", 2)
+    elif req.shard is not None:
+        raise SessionError("--shard applies to a manifest, not to a run directory", 2)
     assert run_dir is not None
     if manifest is None and not (run_dir / DB_NAME).exists():
         raise SessionError(f"{req.target} is neither a manifest nor a run directory", 2)
@@ -173,12 +180,13 @@ async def _locked(
                     "manifest": str(manifest.path.resolve()),
                     "name": manifest.name,
                     "models": manifest.models,
+                    "shard": str(req.shard) if req.shard else None,
                 }
             )
         store.update_settings(settings)
         if manifest is not None:
             t0 = time.perf_counter()
-            sync = store.sync_jobs(manifest.iter_jobs())
+            sync = store.sync_jobs(filter_shard(manifest.iter_jobs(), req.shard))
             logger.info(
                 "run directory %s: %d jobs (%d new)%s",
                 run_dir,

@@ -8,8 +8,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from batchgen.cli import main
 from batchgen.manifest import job_id_for
 from batchgen.shard import Shard, ShardError, filter_shard, in_shard, parse_shard, shard_run_dir
+from batchgen.state import StateStore
 
 job_ids = st.builds(
     lambda prompt, r: job_id_for("openai/gpt-image-1.5", {"prompt": prompt}, r),
@@ -58,3 +60,41 @@ def test_shard_run_dir_gets_its_own_suffix() -> None:
 def test_non_hex_job_id_is_an_error() -> None:
     with pytest.raises(ShardError):
         in_shard("not-hex", Shard(1, 2))
+
+
+def test_run_shards_in_own_directories_and_export_merges_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    manifest = tmp_path / "m.yaml"
+    manifest.write_text(
+        "version: 1\n"
+        "name: shardy\n"
+        "model: openai/gpt-image-1.5\n"
+        "limits: {concurrency: 8, rate: 100/s, retries: 1, timeout: 5m}\n"
+        "jobs:\n"
+        "  - prompt: '{subject}, study'\n"
+        "    matrix:\n"
+        "      subject: [a red fox, a lighthouse, a teacup, an owl, a kite, a boat, a cat]\n"
+    )
+    out = tmp_path / "out" / "{name}"
+    dirs = []
+    for i in (1, 2, 3):
+        args = ["run", str(manifest), "--simulate", "--output", str(out), "--shard", f"{i}/3"]
+        assert main(args) == 0
+        dirs.append(tmp_path / "out" / f"shardy-shard-{i}-of-3")
+    capsys.readouterr()
+    ids = []
+    for d in dirs:
+        with StateStore.open_readonly(d) as store:
+            assert store.settings()["shard"] == f"{dirs.index(d) + 1}/3"
+            mine = store.job_ids()
+        assert all(in_shard(j, Shard(dirs.index(d) + 1, 3)) for j in mine)
+        ids.extend(mine)
+    assert len(ids) == len(set(ids)) == 7
+    assert main(["export", *map(str, dirs)]) == 0
+    rows = capsys.readouterr().out.splitlines()
+    assert len(rows) == 7
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", str(manifest), "--shard", "4/3"])
+    assert exit_info.value.code == 2
+    assert "shard index" in capsys.readouterr().err

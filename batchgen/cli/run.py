@@ -17,6 +17,7 @@ from batchgen.manifest import parse_duration, parse_rate
 from batchgen.progress import setup_logging
 from batchgen.runner import RunSummary
 from batchgen.session import RunRequest, SessionError, run_session
+from batchgen.shard import Shard, ShardError, parse_shard
 from batchgen.state import RunLocked
 
 logger = logging.getLogger("batchgen.run")
@@ -63,6 +64,13 @@ def _duration(text: str) -> float:
     return seconds
 
 
+def _shard(text: str) -> Shard:
+    try:
+        return parse_shard(text)
+    except ShardError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def add_parser(subparsers: Any) -> None:
     """Register `run`."""
     parser = subparsers.add_parser(
@@ -105,6 +113,13 @@ def add_parser(subparsers: Any) -> None:
         help="refuse manifests that expand to more than N jobs (default 1,000,000)",
     )
     parser.add_argument(
+        "--shard",
+        type=_shard,
+        metavar="i/N",
+        help="run only shard i of N (a deterministic slice of the job IDs) in its own run "
+        "directory (suffix -shard-i-of-N); `batchgen export` merges the shards",
+    )
+    parser.add_argument(
         "--log-format", choices=("text", "json"), default="text", help="log lines on stderr"
     )
     parser.set_defaults(handler=handle)
@@ -143,6 +158,7 @@ def handle(args: argparse.Namespace) -> int:
         timeout=args.timeout,
         max_runtime=args.max_runtime,
         max_jobs=args.max_jobs,
+        shard=args.shard,
         progress_bar=None if args.log_format == "text" else False,
     )
     try:
