@@ -538,7 +538,7 @@ def format_status(report: StatusReport, *, failed_only: bool = False) -> str:
                 else ""
             )
             + (f", {r.resets} reset by retry" if r.resets else "")
-            + f"; at most {r.max_attempts} attempts for one job"
+            + f"; at most {r.max_attempts} attempt{'s' if r.max_attempts != 1 else ''} for one job"
         )
         if r.unknown_submits:
             lines.append(
