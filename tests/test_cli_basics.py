@@ -29,3 +29,26 @@ def test_module_entry_point_runs() -> None:
     )
     assert done.returncode == 0
     assert __version__ in done.stdout
+
+
+def test_output_cut_short_by_a_closed_pipe_is_not_a_traceback() -> None:
+    reader = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "batchgen",
+            "plan",
+            "manifests/nightly.yaml",
+            "--samples",
+            "320",
+            "--json",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert reader.stdout is not None
+    reader.stdout.read(10)
+    reader.stdout.close()
+    _, err = reader.communicate(timeout=60)
+    assert b"Traceback" not in err
+    assert reader.returncode == 0
