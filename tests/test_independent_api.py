@@ -109,7 +109,7 @@ def test_every_result_image_is_complete_and_distinct_per_task(cdn: httpx.Client)
         _client(server) as client,
     ):
         urls = []
-        for i, background in enumerate(("transparent", "opaque", "auto") * 3):
+        for i, background in enumerate(("transparent", "opaque", "auto") * 2):
             body = {"prompt": f"cup {i}", "background": background, "size": "1024x1536"}
             urls.append(_submit(client, body).json()["data"]["get_result"]["url"])
         clock.advance(10.0)
@@ -139,7 +139,7 @@ def test_image_checks_refuse_truncated_or_corrupt_files() -> None:
 
 @pytest.mark.parametrize("grey", [0, 1, 127, 129, 255])
 def test_jpeg_writer_makes_decodable_files_for_every_level(grey: int) -> None:
-    assert check_jpeg(srv.jpeg_bytes(1024, 1024, grey)) == (1024, 1024)
+    assert check_jpeg(srv.jpeg_bytes(120, 64, grey)) == (120, 64)
 
 
 def test_api_host_requires_the_bearer_key_but_cdn_does_not(
@@ -423,15 +423,15 @@ def _fault_run(seed: int, requests: int) -> dict[str, Any]:
 
 
 def test_faults_fire_at_their_configured_rates_and_repeat_per_seed() -> None:
-    first = _fault_run(seed=21, requests=300)
-    again = _fault_run(seed=21, requests=300)
-    other = _fault_run(seed=22, requests=100)
+    first = _fault_run(seed=21, requests=200)
+    again = _fault_run(seed=21, requests=200)
+    other = _fault_run(seed=22, requests=50)
     faults = first["faults"]
     for kind in srv.API_FAULTS + srv.SUBMIT_ONLY_FAULTS:
-        assert 12 <= faults.get(kind, 0) <= 55, (kind, faults)
+        assert 8 <= faults.get(kind, 0) <= 40, (kind, faults)
     assert faults["dropped_connection"] == faults["drop"] + faults["drop_after_accept"]
     assert first["orphaned_tasks"] == faults["drop_after_accept"] + faults["504_after_accept"]
-    assert first["accepted_tasks"] == 300 - sum(faults[k] for k in srv.API_FAULTS)
+    assert first["accepted_tasks"] == 200 - sum(faults[k] for k in srv.API_FAULTS)
     assert first == again
     assert first["faults"] != other["faults"]
 

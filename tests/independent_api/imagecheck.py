@@ -55,6 +55,9 @@ def check_png(data: bytes) -> tuple[int, int]:
         raise ImageError(f"IDAT does not inflate: {exc}") from exc
     if len(raw) != height * (1 + width * _PNG_CHANNELS[colour]):
         raise ImageError("pixel data size does not match IHDR")
+    stride = 1 + width * _PNG_CHANNELS[colour]
+    if max(raw[::stride]) > 4:
+        raise ImageError("unknown scanline filter type")
     return width, height
 
 

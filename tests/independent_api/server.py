@@ -81,15 +81,6 @@ _SUBMIT_RE = re.compile(r"^/api/v1/([A-Za-z0-9_.-]+)/([A-Za-z0-9_.-]+?)(/async)?
 _TASK_RE = re.compile(r"^/api/v1/tasks/([A-Za-z0-9_.-]+)$")
 _CDN_RE = re.compile(r"^/o/([0-9a-f]{32})/([A-Za-z0-9_.-]+)\.(png|jpg)$")
 
-_PALETTE = (
-    (201, 72, 59),
-    (46, 125, 170),
-    (240, 196, 25),
-    (88, 160, 98),
-    (120, 81, 169),
-    (31, 31, 36),
-)
-
 
 def canonical_body(body: Any) -> str:
     """The canonical JSON text of a request body (sorted keys, no spaces)."""
@@ -120,29 +111,45 @@ def _png_chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
 
 
-_IDAT_CACHE: dict[tuple[int, int, bool, tuple[int, int, int]], bytes] = {}
-_IDAT_LOCK = threading.Lock()
+_REST_CACHE: dict[tuple[int, int, int], bytes] = {}
+_REST_LOCK = threading.Lock()
+
+
+def _idat(width: int, height: int, pixel: bytes) -> bytes:
+    """The zlib stream of a solid image, cheaply: the first scanline uses the Sub filter (one
+    pixel, then zero differences), every other one the Up filter (all zeros). The colour only
+    lives in the first scanline, so the deflate data of the rest is compressed once per size
+    (after a full flush, deflate blocks do not refer back) and the Adler-32 is recomputed."""
+    bpp = len(pixel)
+    first = b"\x01" + pixel + bytes(width * bpp - bpp)
+    row = b"\x02" + bytes(width * bpp)
+    key = (width, height, bpp)
+    with _REST_LOCK:
+        rest = _REST_CACHE.get(key)
+    if rest is None:
+        packer = zlib.compressobj(6, zlib.DEFLATED, -15)
+        rest = b"".join(packer.compress(row) for _ in range(height - 1)) + packer.flush()
+        with _REST_LOCK:
+            _REST_CACHE[key] = rest
+    head = zlib.compressobj(6, zlib.DEFLATED, -15)
+    start = head.compress(first) + head.flush(zlib.Z_FULL_FLUSH)
+    adler = zlib.adler32(first)
+    for _ in range(height - 1):
+        adler = zlib.adler32(row, adler)
+    return b"\x78\x9c" + start + rest + struct.pack(">I", adler)
 
 
 def png_bytes(
     width: int, height: int, rgb: tuple[int, int, int], *, alpha: bool = False, text: str = ""
 ) -> bytes:
     """A complete, valid PNG: a solid colour, 8-bit RGB or RGBA, with an optional tEXt."""
-    key = (width, height, alpha, rgb)
-    with _IDAT_LOCK:
-        idat = _IDAT_CACHE.get(key)
-    if idat is None:
-        pixel = bytes(rgb) + (b"\xc0" if alpha else b"")
-        row = b"\x00" + pixel * width  # filter type 0 (None) on every scanline
-        idat = zlib.compress(row * height, 6)
-        with _IDAT_LOCK:
-            _IDAT_CACHE[key] = idat
+    pixel = bytes(rgb) + (b"\xc0" if alpha else b"")
     colour_type = 6 if alpha else 2
     ihdr = struct.pack(">IIBBBBB", width, height, 8, colour_type, 0, 0, 0)
     parts = [b"\x89PNG\r\n\x1a\n", _png_chunk(b"IHDR", ihdr)]
     if text:
         parts.append(_png_chunk(b"tEXt", b"Comment\x00" + text.encode("latin-1", "replace")))
-    parts += [_png_chunk(b"IDAT", idat), _png_chunk(b"IEND", b"")]
+    parts += [_png_chunk(b"IDAT", _idat(width, height, pixel)), _png_chunk(b"IEND", b"")]
     return b"".join(parts)
 
 
@@ -241,6 +248,8 @@ class ServerOptions:
     fault_504: float = 0.0
     fault_200_error: float = 0.0
     fault_drop: float = 0.0  # connection closed without an answer, nothing done
+    poll_faults: bool = True  # False: the request-level faults above hit submits only
+    first_polls_fail: int = 0  # the first N polls of every task answer 503 (deterministic)
     # Submit only: the task IS created, then the client never learns its id.
     fault_drop_after_accept: float = 0.0
     fault_504_after_accept: float = 0.0
@@ -448,7 +457,7 @@ class _Backend:
             data = jpeg_bytes(task.width, task.height, rng.randrange(16, 240), comment=task.task_id)
             return data, "image/jpeg"
         body = json.loads(task.body)
-        colour = _PALETTE[rng.randrange(len(_PALETTE))]
+        colour = (rng.randrange(256), rng.randrange(256), rng.randrange(256))
         alpha = body.get("background") == "transparent"
         return png_bytes(task.width, task.height, colour, alpha=alpha, text=task.task_id), (
             "image/png"
@@ -625,7 +634,7 @@ def _retry_headers(backend: _Backend, rng: random.Random, now: float) -> dict[st
     return {
         "X-RateLimit-Limit": "60",
         "X-RateLimit-Remaining": "0",
-        "X-RateLimit-Reset": str(math.ceil(backend.epoch(now) + wait)),
+        "X-RateLimit-Reset": str(int(backend.epoch(now) + wait)),
     }
 
 
@@ -803,7 +812,9 @@ def _poll(backend: _Backend, h: _Handler, task_id: str) -> None:
         if task is not None:
             task.polls += 1
     rng = _rng(o.seed, "poll", task_id, n)
-    fault = _pick_band(rng, o.api_fault_bands(submit=False))
+    fault = _pick_band(rng, o.api_fault_bands(submit=False)) if o.poll_faults else None
+    if task is not None and n < o.first_polls_fail:
+        fault = "503"
     if _apply_request_fault(backend, h, fault, rng, now):
         return
     if not _authorized(backend, h) or (
@@ -1004,6 +1015,12 @@ class ServerHandle:
         """A copy of every accepted task, in acceptance order."""
         with self._backend.lock:
             return [dataclasses.replace(t) for t in self._backend.tasks.values()]
+
+    def image_bytes(self, task_id: str) -> bytes:
+        """The exact bytes the CDN serves for a task's result."""
+        with self._backend.lock:
+            task = self._backend.tasks[task_id]
+        return self._backend.image(task)[0]
 
     def poll_url(self, task_id: str) -> str:
         """The documented poll URL of a task."""

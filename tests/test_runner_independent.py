@@ -1,0 +1,536 @@
+"""The real runner against the independent API server (tests/independent_api).
+
+That server follows the provider's documents but shares no code with the project's
+simulator: its own task ids, status words, a separate result host with expiring
+signed URLs, 429s with dates, HTML proxy pages, answers lost after a task was created.
+What the runner gets right only against its own simulator fails here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from batchgen.client import ModellixClient
+from batchgen.manifest import Job, Limits, job_id_for
+from batchgen.output import OutputDir
+from batchgen.runner import RunOptions, RunSummary, run_jobs
+from batchgen.state import StateStore
+
+try:  # `python -m pytest` from the checkout, or tests/ as a package
+    from tests.independent_api import server as srv
+    from tests.independent_api.imagecheck import check_image
+except ModuleNotFoundError:  # plain `pytest`: tests/ itself is on sys.path
+    from independent_api import server as srv  # type: ignore[no-redef]
+    from independent_api.imagecheck import check_image  # type: ignore[no-redef]
+
+MODEL = "openai/gpt-image-1.5"
+REPO = Path(__file__).resolve().parent.parent
+SIZES = ("1024x1024", "1536x1024", "1024x1536")
+BACKGROUNDS = ("auto", "opaque", "transparent")
+
+# Every fault the server has, at 10% each (request-level kinds share one draw).
+ALL_FAULTS_10 = {
+    **{f"fault_{kind}": 0.1 for kind in srv.API_FAULTS + srv.SUBMIT_ONLY_FAULTS},
+    "fault_task_failed": 0.1,
+    "fault_url_expired": 0.1,
+    "fault_unknown_status": 0.1,
+    "fault_download_truncated": 0.1,
+    "fault_download_503": 0.1,
+    "fault_download_drop": 0.1,
+    "chunked_downloads": 0.5,
+}
+
+
+def make_jobs(n: int, *, tag: str = "lighthouse") -> list[Job]:
+    """``n`` jobs with distinct bodies (so the server can tell duplicates apart)."""
+    jobs = []
+    for i in range(n):
+        body = {
+            "prompt": f"a {tag}, study {i}",
+            "size": SIZES[i % 3],
+            "quality": "low",
+            "background": BACKGROUNDS[(i // 3) % 3],
+        }
+        jobs.append(Job(job_id_for(MODEL, body, 0), MODEL, body, 0, "jobs[0]"))
+    return jobs
+
+
+def fast_options(**changes: Any) -> RunOptions:
+    """Runner timing scaled to a server whose tasks last tens to hundreds of ms."""
+    values: dict[str, Any] = {
+        "first_poll": 0.02,
+        "min_poll_interval": 0.01,
+        "max_poll_interval": 0.1,
+        "backoff_base": 0.005,
+        "backoff_cap": 0.05,
+        "throttle_pause": 0.01,
+        "progress_interval": 0.05,
+        "max_runtime": 60.0,  # a safety net: the test fails on exit 75, never hangs
+        "seed": 3,
+    }
+    values.update(changes)
+    return RunOptions(**values)
+
+
+async def run_once(
+    run_dir: Path,
+    server: srv.ServerHandle,
+    jobs: list[Job] | None,
+    limits: Limits,
+    *,
+    key: str | None = None,
+    options: RunOptions | None = None,
+) -> RunSummary:
+    """One `batchgen run`-like session through the library API."""
+    store = StateStore.open(run_dir, settings={"model": MODEL})
+    client = ModellixClient(server.base_url, key or server.api_key, operation_timeout=30.0)
+    try:
+        if jobs is not None:
+            store.sync_jobs(jobs)
+        output = OutputDir(run_dir)
+        output.prepare(store)
+        async with client:
+            return await run_jobs(
+                store, client, limits, options=options or fast_options(), output=output
+            )
+    finally:
+        store.close()
+
+
+def job_rows(run_dir: Path) -> dict[str, Any]:
+    store = StateStore.open_readonly(run_dir)
+    try:
+        return {job.job_id: job for job in store.iter_jobs()}
+    finally:
+        store.close()
+
+
+def check_outputs(run_dir: Path, server: srv.ServerHandle) -> dict[str, int]:
+    """Every done job has one complete image whose bytes are exactly what the server served
+    for the job's recorded task, with the same sha256 in state and metadata.jsonl; nothing
+    else is in images/. Returns the count of jobs per state."""
+    rows = job_rows(run_dir)
+    done = {job_id: job for job_id, job in rows.items() if job.state == "done"}
+    tasks = {t.task_id: t for t in server.tasks()}
+    names = sorted(os.listdir(run_dir / "images"))
+    assert sorted(Path(job.result_path).name for job in done.values()) == names
+    lines = (run_dir / "metadata.jsonl").read_text().splitlines() if done else []
+    meta = {m["job_id"]: m for m in map(json.loads, lines)}
+    assert len(meta) == len(lines) == len(done)
+    assert set(meta) == set(done)
+    for job_id, job in done.items():
+        data = (run_dir / job.result_path).read_bytes()
+        kind, width, height = check_image(data)
+        assert f"{width}x{height}" == job.body["size"]
+        digest = hashlib.sha256(data).hexdigest()
+        assert digest == job.sha256 == meta[job_id]["sha256"]
+        assert meta[job_id]["file_name"] == job.result_path
+        assert meta[job_id]["task_id"] == job.task_id
+        assert meta[job_id]["prompt"] == job.body["prompt"]
+        task = tasks[job.task_id]
+        assert json.loads(task.body) == job.body
+        assert data == server.image_bytes(job.task_id)
+        assert kind == task.fmt
+    return dict(Counter(job.state for job in rows.values()))
+
+
+def unexplained_tasks(server: srv.ServerHandle, run_dir: Path) -> dict[str, int]:
+    """Reconcile every task the server accepted with the state file's jobs and events.
+
+    Each job's last task is the one it downloaded. Any other task of the same body must
+    be explained: it failed, its result URL expired, or the runner recorded why it moved
+    on (a failed download); a task whose id never reached the runner (a lost answer)
+    must be reported as an unknown submit outcome; a task the runner never followed at
+    all can only come from a kill in the instant between submit and recording, and the
+    resume must have reported that job as interrupted during submit. Returns the counts
+    of the last two kinds; raises AssertionError for anything unexplained.
+    """
+    store = StateStore.open_readonly(run_dir)
+    try:
+        jobs = {srv.canonical_body(job.body): job for job in store.iter_jobs()}
+        details = {
+            job.job_id: " | ".join(e.detail or "" for e in store.events(job.job_id))
+            for job in jobs.values()
+        }
+    finally:
+        store.close()
+    found = Counter[str]()
+    for task in server.tasks():
+        job = jobs.get(task.body)
+        assert job is not None, f"a task for a body no job has: {task.body}"
+        history = details[job.job_id]
+        if task.task_id == job.task_id:
+            continue
+        if not task.delivered:
+            assert "submit outcome unknown" in history or "interrupted during submit" in history, (
+                f"lost answer for {task.task_id} not reported: {history}"
+            )
+            found["lost_answers"] += 1
+        elif task.outcome == "failed" or task.expired_hits:
+            continue
+        elif task.polls:
+            assert "download failed" in history or "not found" in history, (
+                f"{task.task_id} was followed, then replaced without a reason: {history}"
+            )
+        else:
+            assert "interrupted during submit" in history, (
+                f"task {task.task_id} never followed and not reported: {history}"
+            )
+            found["kill_window"] += 1
+    return dict(found)
+
+
+# ----------------------------------------------------------------------------- clean
+
+
+@pytest.mark.anyio
+async def test_clean_run_downloads_every_image_exactly_once(tmp_path: Path) -> None:
+    jobs = make_jobs(50)
+    with srv.running_server(seed=1, latency_ms=(10.0, 150.0)) as server:
+        summary = await run_once(tmp_path, server, jobs, Limits(concurrency=16, rate=500.0))
+        counts = check_outputs(tmp_path, server)
+        stats = server.stats.snapshot()
+    assert summary.exit_code == 0, summary.format()
+    assert counts == {"done": 50}
+    assert stats["accepted_tasks"] == 50
+    assert set(stats["accepted_per_body"].values()) == {1}
+    assert stats["downloads"] == 50
+    assert stats["cdn_requests_with_authorization"] == 0  # the key stays on the API host
+    assert stats["server_errors"] == 0
+    assert set(stats["statuses_sent"]) & set(srv.SUCCESS_WORDS)
+    assert summary.ambiguous_resubmits == 0
+
+
+@pytest.mark.anyio
+async def test_jpeg_results_are_kept_as_valid_jpeg_files(tmp_path: Path) -> None:
+    jobs = make_jobs(6, tag="teacup")
+    with srv.running_server(seed=2, jpeg_rate=1.0, latency_ms=(10.0, 50.0)) as server:
+        summary = await run_once(tmp_path, server, jobs, Limits(concurrency=4, rate=500.0))
+        counts = check_outputs(tmp_path, server)
+    assert summary.exit_code == 0, summary.format()
+    assert counts == {"done": 6}
+    assert {Path(name).suffix for name in os.listdir(tmp_path / "images")} <= {".jpg", ".jpeg"}
+
+
+# ----------------------------------------------------------------------------- faults
+
+
+async def _run_with_every_fault(run_dir: Path, jobs: int, seed: int, *, every_kind: bool) -> None:
+    options = {**ALL_FAULTS_10, "max_concurrent_tasks": 3, "result_ttl": 30.0}
+    with srv.running_server(seed=seed, latency_ms=(10.0, 120.0), **options) as server:
+        summary = await run_once(
+            run_dir,
+            server,
+            make_jobs(jobs, tag="fox"),
+            Limits(concurrency=12, rate=500.0, retries=40),
+        )
+        counts = check_outputs(run_dir, server)
+        stats = server.stats.snapshot()
+        found = unexplained_tasks(server, run_dir)
+    faults = stats["faults"]
+    # The request-level kinds fire hundreds of times; download faults, the concurrent-task
+    # limit and failed/expired tasks depend on timing and on few draws, so a short run only
+    # asserts that they fired at all (the long runs assert each kind).
+    for kind in (*srv.API_FAULTS, *srv.SUBMIT_ONLY_FAULTS):
+        assert faults.get(kind, 0) > 0, (kind, faults)
+    rare = ("download_truncated", "download_503", "download_drop", "concurrency_limit")
+    if every_kind:
+        for kind in rare:
+            assert faults.get(kind, 0) > 0, (kind, faults)
+        assert stats["failed_tasks"] > 0
+        assert stats["expired_downloads"] > 0
+    else:
+        assert sum(faults.get(kind, 0) for kind in rare) > 0, faults
+        assert stats["failed_tasks"] + stats["expired_downloads"] > 0, stats
+    # Nothing lost: every job ended, done or reported with a reason.
+    rows = job_rows(run_dir)
+    assert sum(counts.values()) == jobs
+    assert counts.get("done", 0) >= 0.9 * jobs, (counts, summary.format())
+    for job in rows.values():
+        assert job.state in ("done", "failed", "expired"), (job.job_id, job.state)
+        if job.state != "done":
+            assert job.last_error
+    assert summary.exit_code == (0 if counts == {"done": jobs} else 1), summary.format()
+    # Paid twice only for tasks whose id never reached the runner, and those are reported.
+    assert found.get("kill_window", 0) == 0
+    assert found.get("lost_answers", 0) == stats["orphaned_tasks"] > 0
+    assert summary.ambiguous_resubmits >= stats["orphaned_tasks"]
+    assert stats["server_errors"] == 0
+
+
+@pytest.mark.anyio
+async def test_every_fault_kind_at_10_percent_loses_nothing_and_pays_twice_only_when_ambiguous(
+    tmp_path: Path,
+) -> None:
+    await _run_with_every_fault(tmp_path, jobs=16, seed=5, every_kind=False)
+
+
+@pytest.mark.slow
+@pytest.mark.anyio
+@pytest.mark.parametrize("seed", [11, 12, 13])
+async def test_every_fault_kind_at_10_percent_over_many_jobs(tmp_path: Path, seed: int) -> None:
+    await _run_with_every_fault(tmp_path, jobs=150, seed=seed, every_kind=True)
+
+
+@pytest.mark.anyio
+async def test_unknown_status_words_count_as_still_running(tmp_path: Path) -> None:
+    with srv.running_server(seed=8, latency_ms=(150.0, 300.0), fault_unknown_status=0.6) as server:
+        summary = await run_once(
+            tmp_path, server, make_jobs(8, tag="owl"), Limits(concurrency=8, rate=500.0)
+        )
+        counts = check_outputs(tmp_path, server)
+        stats = server.stats.snapshot()
+    assert summary.exit_code == 0, summary.format()
+    assert counts == {"done": 8}
+    assert stats["faults"]["unknown_status"] > 0
+    assert stats["accepted_tasks"] == 8
+
+
+# ----------------------------------------------------------------------------- stops
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("option", "status"), [("balance", 402), ("submit_unauthorized_after", 401)]
+)
+async def test_401_or_402_mid_run_stops_submitting_and_keeps_accepted_tasks(
+    tmp_path: Path, option: str, status: int
+) -> None:
+    jobs = make_jobs(16, tag="kite")
+    limits = Limits(concurrency=4, rate=500.0)
+    with srv.running_server(seed=4, latency_ms=(20.0, 80.0), **{option: 6}) as server:
+        summary = await run_once(tmp_path, server, jobs, limits)
+        counts = check_outputs(tmp_path, server)
+        stats = server.stats.snapshot()
+        assert summary.exit_code == 3, summary.format()
+        assert stats["accepted_tasks"] == 6
+        assert counts == {"done": 6, "pending": 10}  # every accepted task downloaded
+        # Submitting stopped at once: at most the submits already in flight got refused.
+        assert 1 <= stats["status_codes"][status] <= limits.concurrency
+        # The cause is fixed (top-up / new key): the next run finishes the rest.
+        setattr(server.options, option, None)
+        again = await run_once(tmp_path, server, None, limits)
+        counts = check_outputs(tmp_path, server)
+        stats = server.stats.snapshot()
+    assert again.exit_code == 0, again.format()
+    assert counts == {"done": 16}
+    assert stats["accepted_tasks"] == 16
+
+
+@pytest.mark.anyio
+async def test_key_revoked_mid_run_exits_3_and_the_next_run_polls_the_recorded_tasks(
+    tmp_path: Path,
+) -> None:
+    jobs = make_jobs(12, tag="bridge")
+    limits = Limits(concurrency=4, rate=500.0)
+    with srv.running_server(seed=6, latency_ms=(50.0, 100.0), revoke_key_after=4) as server:
+        summary = await run_once(tmp_path, server, jobs, limits)
+        first = server.stats.snapshot()
+        rows = job_rows(tmp_path)
+        assert summary.exit_code == 3, summary.format()
+        recorded = {job.task_id for job in rows.values() if job.task_id}
+        assert recorded == {t.task_id for t in server.tasks()}  # no accepted task forgotten
+        server.options.revoke_key_after = None
+        again = await run_once(tmp_path, server, None, limits)
+        counts = check_outputs(tmp_path, server)
+        stats = server.stats.snapshot()
+    assert first["accepted_tasks"] == 4
+    assert again.exit_code == 0, again.format()
+    assert counts == {"done": 12}
+    assert stats["accepted_tasks"] == 12  # the 4 recorded tasks were polled, not resubmitted
+
+
+# ----------------------------------------------------------------------------- resume
+
+RESUME_DOWNLOAD_BUG = (
+    "runner bug: a job a killed run left in 'downloading' is resumed by Runner._resume_download "
+    "with a single poll and no retry; one transient poll error (503/429/dropped connection) "
+    "sends it back to pending and a new task is submitted and paid for, although the recorded "
+    "task succeeded and its result is still downloadable (and the extra task is not reported "
+    "as ambiguous)"
+)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "left_in",
+    [
+        "running",
+        pytest.param(
+            "downloading", marks=pytest.mark.xfail(strict=True, reason=RESUME_DOWNLOAD_BUG)
+        ),
+    ],
+)
+async def test_resumed_task_survives_a_failed_poll_without_being_paid_twice(
+    tmp_path: Path, left_in: str
+) -> None:
+    (job,) = make_jobs(1, tag="resume")
+    with srv.running_server(seed=3, latency_ms=(5.0, 20.0)) as server:
+        # A previous run submitted the job, recorded its task and was killed while it was
+        # `left_in` that state; the task has since succeeded.
+        with httpx.Client(headers={"Authorization": f"Bearer {server.api_key}"}) as api:
+            data = api.post(server.submit_url(), json=job.body).json()["data"]
+        (task,) = server.tasks()
+        for _ in range(200):  # bounded: the task lasts at most 20 ms
+            if time.monotonic() > task.finish_at:
+                break
+            time.sleep(0.01)
+        store = StateStore.open(tmp_path, settings={"model": MODEL})
+        try:
+            store.sync_jobs([job])
+            store.mark_submitting(job.job_id)
+            store.mark_running(job.job_id, data["task_id"], data["get_result"]["url"])
+            if left_in == "downloading":
+                store.mark_downloading(job.job_id, "task succeeded")
+        finally:
+            store.close()
+        server.options.first_polls_fail = 1  # the resumed run's first poll meets a 503
+        summary = await run_once(tmp_path, server, None, Limits(concurrency=2, rate=500.0))
+        counts = check_outputs(tmp_path, server)
+        stats = server.stats.snapshot()
+    assert summary.exit_code == 0, summary.format()
+    assert counts == {"done": 1}
+    assert job_rows(tmp_path)[job.job_id].task_id == data["task_id"]
+    assert stats["accepted_tasks"] == 1
+
+
+# ----------------------------------------------------------------------------- kill -9
+
+RUN_FAST = Path(srv.__file__).with_name("run_fast.py")
+
+
+def write_manifest(folder: Path, jobs: int, *, concurrency: int, rate: str) -> Path:
+    numbers = ", ".join(f'"{i}"' for i in range(jobs))
+    text = f"""\
+        version: 1
+        name: kill-test
+        model: {MODEL}
+        output: run
+        limits: {{concurrency: {concurrency}, rate: {rate}, retries: 20, timeout: 2m}}
+        jobs:
+          - prompt: "a paper crane, fold {{n}}"
+            size: 1024x1024
+            matrix:
+              n: [{numbers}]
+        """
+    path = folder / "kill-test.yaml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def start_run(target: Path, server: srv.ServerHandle, seed: int) -> subprocess.Popen[str]:
+    env = {**os.environ, "MODELLIX_API_KEY": server.api_key}
+    env.pop("MODELLIX_BASE_URL", None)
+    return subprocess.Popen(
+        [
+            sys.executable,
+            str(RUN_FAST),
+            str(target),
+            "--base-url",
+            server.base_url,
+            "--seed",
+            f"{seed}",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def kill_and_resume(
+    tmp_path: Path, server: srv.ServerHandle, *, jobs: int, rounds: int, seed: int
+) -> tuple[int, dict[str, Any]]:
+    """Start the runner, SIGKILL it at a random instant once it is submitting, `rounds`
+    times, then let a last run finish; returns (kills, last summary)."""
+    rng = random.Random(seed)
+    manifest = write_manifest(tmp_path, jobs, concurrency=8, rate="40/s")
+    kills = 0
+    for round_no in range(rounds):
+        before = server.stats["accepted_tasks"]
+        proc = start_run(manifest, server, seed + round_no)
+        try:
+            for _ in range(3000):  # until this run has a task accepted (or has ended)
+                if proc.poll() is not None or server.stats["accepted_tasks"] > before:
+                    break
+                time.sleep(0.005)
+            time.sleep(rng.uniform(0.0, 0.4))
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+                kills += 1
+            proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    final = start_run(manifest, server, seed + rounds)
+    out, err = final.communicate(timeout=120)
+    assert final.returncode == 0, (final.returncode, out[-2000:], err[-4000:])
+    return kills, json.loads(out.strip().splitlines()[-1])
+
+
+KILL_FAULTS = {
+    "fault_drop_after_accept": 0.05,
+    "fault_500": 0.05,
+    "fault_429": 0.05,
+    "fault_drop": 0.05,
+    "fault_task_failed": 0.05,
+    "fault_url_expired": 0.05,
+    "fault_download_truncated": 0.05,
+}
+
+
+def _check_kill_run(tmp_path: Path, server: srv.ServerHandle, kills: int, jobs: int) -> None:
+    run_dir = tmp_path / "run"
+    counts = check_outputs(run_dir, server)
+    assert counts == {"done": jobs}
+    found = unexplained_tasks(server, run_dir)
+    stats = server.stats.snapshot()
+    assert found.get("kill_window", 0) <= kills
+    assert found.get("lost_answers", 0) == stats["orphaned_tasks"]
+    duplicates = sum(n - 1 for n in stats["accepted_per_body"].values())
+    paid_for_failures = sum(1 for t in server.tasks() if t.outcome == "failed" or t.expired_hits)
+    assert duplicates - paid_for_failures <= kills + stats["orphaned_tasks"]
+    assert not [p for p in (run_dir / "images").iterdir() if p.name.endswith(".tmp")]
+
+
+def test_sigkill_at_random_instants_then_resume_loses_nothing(tmp_path: Path) -> None:
+    # Request-level faults hit submits only here: with faults on polls too, a kill during a
+    # download plus one failed poll on resume pays for the task twice (RESUME_DOWNLOAD_BUG,
+    # pinned deterministically above; the slow variant below runs with poll faults on).
+    faults = {**KILL_FAULTS, "poll_faults": False}
+    with srv.running_server(seed=9, latency_ms=(30.0, 200.0), **faults) as server:
+        kills, summary = kill_and_resume(tmp_path, server, jobs=16, rounds=2, seed=17)
+        _check_kill_run(tmp_path, server, kills, 16)
+    assert kills >= 1
+    assert summary["exit_code"] == 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "poll_faults",
+    [False, pytest.param(True, marks=pytest.mark.xfail(strict=False, reason=RESUME_DOWNLOAD_BUG))],
+)
+@pytest.mark.parametrize("seed", [31, 32])
+def test_many_sigkills_then_resume_loses_nothing(
+    tmp_path: Path, seed: int, poll_faults: bool
+) -> None:
+    faults = {**KILL_FAULTS, "poll_faults": poll_faults}
+    with srv.running_server(seed=seed, latency_ms=(30.0, 300.0), **faults) as server:
+        kills, _ = kill_and_resume(tmp_path, server, jobs=120, rounds=10, seed=seed)
+        _check_kill_run(tmp_path, server, kills, 120)
+    assert kills >= 5
