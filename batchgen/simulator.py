@@ -408,6 +408,8 @@ class Simulator:
             try:
                 body = await self._read_body(receive)
             except ValueError:
+                with self._lock:
+                    self._requests += 1
                 await self._respond(send, _Answer(413, _error_body(413, "body too large"), []))
                 return
 
@@ -555,6 +557,8 @@ class Simulator:
         latency = config.latency.sample(self._task_rng)
         fails = self._task_rng.random() < config.fail_rate
         expired_early = self._task_rng.random() < config.expired_rate and not fails
+        if fails:
+            self._faults["task_failed"] += 1
         task = _Task(
             task_id,
             model,

@@ -191,6 +191,7 @@ async def test_failed_tasks_end_failed_without_a_result() -> None:
     }
     assert file.status_code == 404
     assert sim.stats()["tasks"]["failed"] == 1
+    assert sim.stats()["faults"] == {"task_failed": 1}
 
 
 async def test_failed_error_field_adds_the_retired_error_message() -> None:
@@ -293,9 +294,11 @@ async def test_slow_downloads_stream_in_chunks_paced_by_the_byte_rate(
     assert sum(pauses) == pytest.approx(expected_len / 50_000)
 
 
-async def test_dropped_connection_over_uvicorn_closes_without_an_answer() -> None:
+@pytest.mark.parametrize("http", ["h11", "httptools"])
+async def test_dropped_connection_over_uvicorn_closes_without_an_answer(http: str) -> None:
+    pytest.importorskip(http)
     sim = Simulator(SimulatorConfig(drop_rate=1.0, fault_routes=frozenset({"poll"})))
-    with serve_in_thread(sim) as base_url:
+    with serve_in_thread(sim, http=http) as base_url:
         async with httpx.AsyncClient(base_url=base_url) as client:
             submitted = await client.post(SUBMIT, json={"prompt": "x"}, headers=AUTH)
             for _ in range(3):

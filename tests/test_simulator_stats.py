@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import socket
+
 import httpx
 import pytest
 from simhelpers import AUTH, SUBMIT, FakeClock, check_png, client_for, make_sim
 
+from batchgen import simulator as simulator_module
 from batchgen.simulator import Latency, Simulator, SimulatorConfig, serve_in_thread
 
 pytestmark = pytest.mark.anyio
@@ -101,3 +104,13 @@ async def test_serve_in_thread_answers_over_a_real_loopback_socket() -> None:
 def test_serve_in_thread_refuses_a_non_loopback_host() -> None:
     with pytest.raises(ValueError, match="non-loopback"), serve_in_thread(Simulator(), "0.0.0.0"):
         pass
+
+
+def test_listening_socket_is_tcp_so_asyncio_disables_nagle() -> None:
+    # asyncio sets TCP_NODELAY only on sockets whose proto is TCP; without it every answer
+    # waited ~40 ms for a delayed ACK.
+    sock = simulator_module._bind("127.0.0.1", 0, allow_remote=False)
+    try:
+        assert sock.proto == socket.IPPROTO_TCP
+    finally:
+        sock.close()
