@@ -116,7 +116,10 @@ def add_parser(subparsers: Any) -> None:
 
     faults = parser.add_argument_group("random faults (per request, seeded)")
     faults.add_argument(
-        "--faults", type=rate, metavar="RATE", help="set every random fault rate below to RATE"
+        "--faults",
+        type=rate,
+        metavar="RATE",
+        help="shortcut: 500, 503, 429 and drop rates, --fail-rate and --expired-rate all = RATE",
     )
     faults.add_argument("--error-500-rate", type=rate, default=0.0)
     faults.add_argument("--error-503-rate", type=rate, default=0.0)
