@@ -45,6 +45,7 @@ _JOB_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _PNG_IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"
 _HEAD = 65536
+_RUN_TEMP_RE = re.compile(r"\.(metadata\.jsonl|metrics\.prom)\.[0-9]+\.tmp")
 METADATA_NAME = "metadata.jsonl"
 IMAGES_DIR = "images"
 
@@ -218,6 +219,13 @@ class OutputDir:
         ``metadata.jsonl`` when it does not have one complete line per done job."""
         self.images.mkdir(mode=0o700, parents=True, exist_ok=True)
         removed_tmp = removed_stray = 0
+        # Temp files of a killed run: rewrites of metadata.jsonl / metrics.prom (the caller
+        # holds the run lock, so no live process is writing them).
+        for name in os.listdir(self.run_dir):
+            if _RUN_TEMP_RE.fullmatch(name):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.run_dir / name)
+                removed_tmp += 1
         names = os.listdir(self.images)
         for name in names:
             if name.startswith(".") and name.endswith(".tmp"):

@@ -48,7 +48,7 @@ from batchgen.client import (
 )
 from batchgen.output import ImageCheckError, OutputDir
 from batchgen.progress import Progress
-from batchgen.state import ALL_STATES, JobRecord, StateStore
+from batchgen.state import ALL_STATES, JobRecord, StateError, StateStore
 
 __all__ = ["EXIT_CODES", "LimitsLike", "RunOptions", "RunSummary", "Runner", "run_jobs"]
 
@@ -288,8 +288,13 @@ class Runner:
             self._tasks.discard(t)
             if not t.cancelled() and t.exception() is not None:
                 exc = t.exception()
-                logger.error("internal error in a job task: %r", exc, exc_info=exc)
-                self._stop(f"internal error: {exc!r}", EXIT_CODES["stopped"])
+                if isinstance(exc, (StateError, OSError)):
+                    # Disk full, I/O error...: a clear line, no traceback; the job keeps its
+                    # last committed state and the next run resumes it.
+                    self._stop(str(exc), EXIT_CODES["stopped"])
+                else:
+                    logger.error("internal error in a job task: %r", exc, exc_info=exc)
+                    self._stop(f"internal error: {exc!r}", EXIT_CODES["stopped"])
             self._wake()
 
         task.add_done_callback(_done)
@@ -519,7 +524,10 @@ class Runner:
             self.summary.downloads += 1
             self.store.mark_done(job_id, result)
             self._moved("downloading", "done")
-            self.output.append_metadata(self.store.get(job_id))
+            try:
+                self.output.append_metadata(self.store.get(job_id))
+            except OSError as exc:  # the next run rebuilds metadata.jsonl from the state file
+                self._stop(f"cannot append to metadata.jsonl: {exc}", EXIT_CODES["stopped"])
             return
 
     # ------------------------------------------------------------------- run

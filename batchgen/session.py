@@ -131,6 +131,7 @@ async def run_session(
     assert run_dir is not None
     if manifest is None and not (run_dir / DB_NAME).exists():
         raise SessionError(f"{req.target} is neither a manifest nor a run directory", 2)
+    _refuse_images_without_state(run_dir)
 
     try:
         lock = acquire_run_lock(run_dir)
@@ -142,6 +143,25 @@ async def run_session(
         return await _locked(req, manifest, run_dir, stop, env)
     finally:
         lock.release()
+
+
+def _refuse_images_without_state(run_dir: Path) -> None:
+    """A run directory whose images outlived its state file (deleted, moved aside, emptied):
+    starting a new state file would treat every image as unrecorded and delete it."""
+    db = run_dir / DB_NAME
+    try:
+        if db.exists() and db.stat().st_size > 0:
+            return
+        images = [n for n in os.listdir(run_dir / "images") if not n.startswith(".")]
+    except OSError:
+        return
+    if images:
+        raise SessionError(
+            f"{run_dir} holds {len(images)} files in images/ but "
+            f"{'an empty' if db.exists() else 'no'} state file {DB_NAME}: restore the state "
+            "file from a backup, or run into another directory (--output); nothing was changed",
+            3,
+        )
 
 
 async def _locked(
@@ -240,7 +260,10 @@ async def _locked(
             async with client:
                 summary = await run_jobs(store, client, limits, options=options, output=output)
         finally:
-            store.end_session(session_id, summary.exit_code, summary.as_dict())
+            try:
+                store.end_session(session_id, summary.exit_code, summary.as_dict())
+            except StateError as exc:  # e.g. the disk is full: the jobs' states are committed
+                logger.error("%s (the end of this session is not recorded)", exc)
         return summary
     finally:
         store.close()

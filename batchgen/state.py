@@ -53,6 +53,7 @@ __all__ = [
     "StateError",
     "StateStore",
     "StateVersionError",
+    "StateWriteError",
     "SyncResult",
     "acquire_run_lock",
     "lock_holder",
@@ -179,6 +180,10 @@ CREATE TABLE IF NOT EXISTS sessions (
 
 class StateError(Exception):
     """The state file cannot be used (missing, corrupt, unreadable); the message says why."""
+
+
+class StateWriteError(StateError):
+    """A transaction could not be committed (disk full, I/O error...); nothing was written."""
 
 
 class StateVersionError(StateError):
@@ -475,14 +480,24 @@ class StateStore:
         if self.readonly:
             raise StateError("state file opened read-only")
         c = self._conn
-        c.execute("BEGIN IMMEDIATE")
         try:
-            yield c
-        except BaseException:
-            with contextlib.suppress(sqlite3.Error):
-                c.execute("ROLLBACK")
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                yield c
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    c.execute("ROLLBACK")
+                raise
+            c.execute("COMMIT")
+        except sqlite3.IntegrityError:
             raise
-        c.execute("COMMIT")
+        except sqlite3.DatabaseError as exc:
+            # Disk full, file-size limit, I/O error, a file damaged under us: the transaction
+            # did not happen; say so in words (the caller stops the run cleanly).
+            with contextlib.suppress(sqlite3.Error):
+                if c.in_transaction:
+                    c.execute("ROLLBACK")
+            raise StateWriteError(f"cannot write the state file {self.path}: {exc}") from exc
 
     # ---------------------------------------------------------------- settings
     def settings(self) -> dict[str, Any]:

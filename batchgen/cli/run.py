@@ -11,14 +11,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from batchgen.cli import EXIT_INTERRUPTED, EXIT_USAGE
+from batchgen.cli import EXIT_INTERRUPTED, EXIT_STOPPED, EXIT_USAGE
 from batchgen.diagnostics import ManifestError
 from batchgen.manifest import parse_duration, parse_rate
 from batchgen.progress import setup_logging
 from batchgen.runner import RunSummary
 from batchgen.session import RunRequest, SessionError, run_session
 from batchgen.shard import Shard, ShardError, parse_shard
-from batchgen.state import RunLocked
+from batchgen.state import RunLocked, StateError
 
 logger = logging.getLogger("batchgen.run")
 
@@ -173,6 +173,9 @@ def handle(args: argparse.Namespace) -> int:
     except SessionError as exc:
         print(f"batchgen run: {exc}", file=sys.stderr)
         return exc.exit_code
+    except StateError as exc:  # e.g. the disk filled up while writing the state file
+        print(f"batchgen run: {exc}", file=sys.stderr)
+        return EXIT_STOPPED
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     _print_summary(summary, args.log_format)
