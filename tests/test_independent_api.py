@@ -309,6 +309,21 @@ def test_429_retry_hints_come_as_date_seconds_or_rate_limit_reset(clock: srv.Man
     assert server.stats["accepted_tasks"] == 0
 
 
+def test_submits_sent_before_the_advertised_retry_instant_are_counted(
+    clock: srv.ManualClock,
+) -> None:
+    options = {"first_submits_429": 1, "retry_after": 5.0, "retry_after_style": "seconds"}
+    with srv.running_server(clock=clock, **options) as server, _client(server) as client:
+        throttled = _submit(client, {"prompt": "a"})
+        too_early = _submit(client, {"prompt": "a"})
+        clock.advance(5.0)
+        in_time = _submit(client, {"prompt": "b"})
+    assert throttled.status_code == 429
+    assert throttled.headers["retry-after"] == "5"
+    assert (too_early.status_code, in_time.status_code) == (200, 200)
+    assert server.stats["submits_before_retry_after"] == 1
+
+
 def test_proxy_and_server_errors_have_their_documented_and_inferred_shapes(
     clock: srv.ManualClock,
 ) -> None:

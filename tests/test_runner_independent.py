@@ -40,6 +40,7 @@ except ModuleNotFoundError:  # plain `pytest`: tests/ itself is on sys.path
 MODEL = "openai/gpt-image-1.5"
 REPO = Path(__file__).resolve().parent.parent
 SIZES = ("1024x1024", "1536x1024", "1024x1536")
+CANARY_KEY = "mlx-canary-7f3a9c1e5b2d4f60"  # must never show up in files or output
 BACKGROUNDS = ("auto", "opaque", "transparent")
 
 # Every fault the server has, at 10% each (request-level kinds share one draw).
@@ -237,6 +238,7 @@ async def _run_with_every_fault(run_dir: Path, jobs: int, seed: int, *, every_ki
             server,
             make_jobs(jobs, tag="fox"),
             Limits(concurrency=12, rate=500.0, retries=40),
+            options=fast_options(max_runtime=600.0),
         )
         counts = check_outputs(run_dir, server)
         stats = server.stats.snapshot()
@@ -283,7 +285,7 @@ async def test_every_fault_kind_at_10_percent_loses_nothing_and_pays_twice_only_
 @pytest.mark.anyio
 @pytest.mark.parametrize("seed", [11, 12, 13])
 async def test_every_fault_kind_at_10_percent_over_many_jobs(tmp_path: Path, seed: int) -> None:
-    await _run_with_every_fault(tmp_path, jobs=150, seed=seed, every_kind=True)
+    await _run_with_every_fault(tmp_path, jobs=100, seed=seed, every_kind=True)
 
 
 @pytest.mark.anyio
@@ -298,6 +300,27 @@ async def test_unknown_status_words_count_as_still_running(tmp_path: Path) -> No
     assert counts == {"done": 8}
     assert stats["faults"]["unknown_status"] > 0
     assert stats["accepted_tasks"] == 8
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "style", ["date", "reset", pytest.param("seconds", marks=pytest.mark.slow)]
+)
+async def test_rate_limit_hints_are_honoured_in_every_form(tmp_path: Path, style: str) -> None:
+    # Retry-After as an HTTP date, as seconds, or only X-RateLimit-Reset (epoch seconds).
+    # The server counts submits that arrive before the instant it advertised.
+    options = {"first_submits_429": 1, "retry_after": 1.2, "retry_after_style": style}
+    with srv.running_server(seed=1, latency_ms=(10.0, 30.0), **options) as server:
+        summary = await run_once(
+            tmp_path, server, make_jobs(3, tag="gull"), Limits(concurrency=1, rate=500.0)
+        )
+        counts = check_outputs(tmp_path, server)
+        stats = server.stats.snapshot()
+    assert summary.exit_code == 0, summary.format()
+    assert counts == {"done": 3}
+    assert stats["faults"] == {"429": 1}
+    assert stats["submits_before_retry_after"] == 0
+    assert stats["accepted_tasks"] == 3
 
 
 # ----------------------------------------------------------------------------- stops
@@ -460,6 +483,7 @@ def kill_and_resume(
     rng = random.Random(seed)
     manifest = write_manifest(tmp_path, jobs, concurrency=8, rate="40/s")
     kills = 0
+    outputs: list[str] = []
     for round_no in range(rounds):
         before = server.stats["accepted_tasks"]
         proc = start_run(manifest, server, seed + round_no)
@@ -472,7 +496,7 @@ def kill_and_resume(
             if proc.poll() is None:
                 proc.send_signal(signal.SIGKILL)
                 kills += 1
-            proc.communicate(timeout=60)
+            outputs.extend(proc.communicate(timeout=60))
         finally:
             if proc.poll() is None:
                 proc.kill()
@@ -480,6 +504,7 @@ def kill_and_resume(
     final = start_run(manifest, server, seed + rounds)
     out, err = final.communicate(timeout=120)
     assert final.returncode == 0, (final.returncode, out[-2000:], err[-4000:])
+    assert_key_nowhere(tmp_path / "run", out, err, *outputs)
     return kills, json.loads(out.strip().splitlines()[-1])
 
 
@@ -512,7 +537,7 @@ def test_sigkill_at_random_instants_then_resume_loses_nothing(tmp_path: Path) ->
     # Request-level faults hit submits only here: with faults on polls too, a kill during a
     # download plus one failed poll on resume pays for the task twice (RESUME_DOWNLOAD_BUG,
     # pinned deterministically above; the slow variant below runs with poll faults on).
-    faults = {**KILL_FAULTS, "poll_faults": False}
+    faults = {**KILL_FAULTS, "poll_faults": False, "api_key": CANARY_KEY}
     with srv.running_server(seed=9, latency_ms=(30.0, 200.0), **faults) as server:
         kills, summary = kill_and_resume(tmp_path, server, jobs=16, rounds=2, seed=17)
         _check_kill_run(tmp_path, server, kills, 16)
@@ -529,8 +554,65 @@ def test_sigkill_at_random_instants_then_resume_loses_nothing(tmp_path: Path) ->
 def test_many_sigkills_then_resume_loses_nothing(
     tmp_path: Path, seed: int, poll_faults: bool
 ) -> None:
-    faults = {**KILL_FAULTS, "poll_faults": poll_faults}
+    faults = {**KILL_FAULTS, "poll_faults": poll_faults, "api_key": CANARY_KEY}
     with srv.running_server(seed=seed, latency_ms=(30.0, 300.0), **faults) as server:
         kills, _ = kill_and_resume(tmp_path, server, jobs=120, rounds=10, seed=seed)
         _check_kill_run(tmp_path, server, kills, 120)
     assert kills >= 5
+
+
+# ----------------------------------------------------------------------------- the CLI
+
+
+def run_cli(manifest: Path, server: srv.ServerHandle) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "MODELLIX_API_KEY": server.api_key}
+    env.pop("MODELLIX_BASE_URL", None)
+    return subprocess.run(
+        [sys.executable, "-m", "batchgen", "run", str(manifest), "--base-url", server.base_url],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=manifest.parent,
+    )
+
+
+def assert_key_nowhere(run_dir: Path, *texts: str) -> None:
+    for text in texts:
+        assert CANARY_KEY not in text
+    for path in run_dir.rglob("*"):
+        if path.is_file():
+            assert CANARY_KEY.encode() not in path.read_bytes(), path
+
+
+@pytest.mark.slow  # the command's real poll timing: seconds, not milliseconds
+def test_batchgen_run_command_against_the_independent_server(tmp_path: Path) -> None:
+    manifest = write_manifest(tmp_path, 4, concurrency=4, rate="20/s")
+    with srv.running_server(seed=12, api_key=CANARY_KEY, latency_ms=(10.0, 60.0)) as server:
+        done = run_cli(manifest, server)
+        counts = check_outputs(tmp_path / "run", server)
+        stats = server.stats.snapshot()
+    assert done.returncode == 0, (done.stdout, done.stderr)
+    assert counts == {"done": 4}
+    assert stats["accepted_tasks"] == 4
+    assert stats["cdn_requests_with_authorization"] == 0
+    assert_key_nowhere(tmp_path / "run", done.stdout, done.stderr)
+
+
+@pytest.mark.slow
+def test_batchgen_run_command_exits_3_on_402_and_resumes_after_top_up(tmp_path: Path) -> None:
+    manifest = write_manifest(tmp_path, 6, concurrency=2, rate="20/s")
+    with srv.running_server(seed=13, api_key=CANARY_KEY, balance=3) as server:
+        stopped = run_cli(manifest, server)
+        first = check_outputs(tmp_path / "run", server)
+        server.options.balance = None
+        resumed = run_cli(manifest, server)
+        counts = check_outputs(tmp_path / "run", server)
+        stats = server.stats.snapshot()
+    assert stopped.returncode == 3, (stopped.stdout, stopped.stderr)
+    assert first == {"done": 3, "pending": 3}
+    assert resumed.returncode == 0, (resumed.stdout, resumed.stderr)
+    assert counts == {"done": 6}
+    assert stats["accepted_tasks"] == 6
+    assert_key_nowhere(tmp_path / "run", stopped.stdout, stopped.stderr, resumed.stdout)

@@ -235,6 +235,8 @@ class ServerOptions:
     latency_ms: tuple[float, float] = (20.0, 250.0)  # task duration, uniform in this range
     result_ttl: float = 3600.0  # seconds a result URL lives after the task ends
     retry_after: float = 0.0  # seconds advertised by 429/503 answers
+    retry_after_style: str | None = None  # "date", "seconds" or "reset"; None: a random one
+    first_submits_429: int = 0  # the first N submit requests answer 429 (deterministic)
     max_concurrent_tasks: int | None = None  # 429 while this many tasks are unfinished
     balance: int | None = None  # 402 on submit once this many tasks were accepted
     submit_unauthorized_after: int | None = None  # submits answer 401 after N accepted
@@ -277,6 +279,8 @@ class ServerOptions:
             raise ValueError("the request-level fault probabilities add up to more than 1")
         if sum(self.download_fault_bands().values()) > 1.0 + 1e-9:
             raise ValueError("the download fault probabilities add up to more than 1")
+        if self.retry_after_style not in (None, "date", "seconds", "reset"):
+            raise ValueError("retry_after_style must be 'date', 'seconds', 'reset' or None")
         low, high = self.latency_ms
         if not 0 <= low <= high:
             raise ValueError("latency_ms must be (low, high) with 0 <= low <= high")
@@ -331,6 +335,7 @@ class ServerStats(Mapping[str, Any]):
         "cdn_requests_with_authorization",
         "max_in_flight",
         "server_errors",
+        "submits_before_retry_after",
     )
     _COUNTERS = (
         "submissions_per_body",
@@ -393,6 +398,8 @@ class _Backend:
         self.downloads_seen: Counter[str] = Counter()
         self.running_heap: list[float] = []  # finish times of tasks maybe still running
         self.accepted_total = 0
+        self.submits_total = 0
+        self.blocked_until = 0.0  # epoch seconds advertised by the latest 429
         self.epoch0 = time.time()
         self.clock0 = options.clock()
         self.api_base = ""
@@ -624,18 +631,30 @@ class _Server(ThreadingHTTPServer):
 
 
 def _retry_headers(backend: _Backend, rng: random.Random, now: float) -> dict[str, str]:
-    """429 headers: Retry-After as an HTTP date or seconds, or only X-RateLimit-Reset."""
+    """429 headers: Retry-After as an HTTP date or seconds, or only X-RateLimit-Reset.
+
+    The instant advertised is remembered: a submit that arrives before it is counted in
+    ``stats["submits_before_retry_after"]`` (a client that ignores the hint).
+    """
     wait = backend.options.retry_after
-    style = rng.choice(("date", "seconds", "reset"))
+    style = backend.options.retry_after_style or rng.choice(("date", "seconds", "reset"))
+    epoch = backend.epoch(now)
     if style == "date":
-        return {"Retry-After": email.utils.formatdate(backend.epoch(now) + wait, usegmt=True)}
-    if style == "seconds":
-        return {"Retry-After": str(math.ceil(wait)), "X-RateLimit-Remaining": "0"}
-    return {
-        "X-RateLimit-Limit": "60",
-        "X-RateLimit-Remaining": "0",
-        "X-RateLimit-Reset": str(int(backend.epoch(now) + wait)),
-    }
+        until = float(int(epoch + wait))  # HTTP dates have whole seconds
+        headers = {"Retry-After": email.utils.formatdate(until, usegmt=True)}
+    elif style == "seconds":
+        until = epoch + math.ceil(wait)
+        headers = {"Retry-After": str(math.ceil(wait)), "X-RateLimit-Remaining": "0"}
+    else:
+        until = float(int(epoch + wait))
+        headers = {
+            "X-RateLimit-Limit": "60",
+            "X-RateLimit-Remaining": "0",
+            "X-RateLimit-Reset": str(int(until)),
+        }
+    with backend.lock:
+        backend.blocked_until = max(backend.blocked_until, until)
+    return headers
 
 
 def _validate(body: Any) -> str | None:
@@ -719,8 +738,15 @@ def _submit(backend: _Backend, h: _Handler, model: str, raw: bytes) -> None:
     with backend.lock:
         n = backend.submits_seen[body_key]
         backend.submits_seen[body_key] += 1
+        nth_submit = backend.submits_total
+        backend.submits_total += 1
+        early = backend.epoch(now) < backend.blocked_until - 0.05
+    if early:
+        backend.stats.add("submits_before_retry_after")
     rng = _rng(o.seed, "submit", body_key, n)
     fault = _pick_band(rng, o.api_fault_bands(submit=True))
+    if nth_submit < o.first_submits_429:
+        fault = "429"
     if _apply_request_fault(backend, h, fault, rng, now):
         return
     if not _authorized(backend, h):
@@ -992,7 +1018,7 @@ class ServerHandle:
         for server in self._servers:
             thread = threading.Thread(
                 target=server.serve_forever,
-                kwargs={"poll_interval": 0.05},
+                kwargs={"poll_interval": 0.01},
                 name=f"independent-api-{server.name}",
                 daemon=True,
             )
