@@ -258,6 +258,8 @@ class ServerOptions:
     # Per task, independent draws.
     fault_task_failed: float = 0.0
     fault_url_expired: float = 0.0  # the result URL is already expired when first shown
+    fault_task_stuck: float = 0.0  # the task never ends ("processing" forever)
+    failure_messages: bool = True  # False: failed tasks carry no reason at all
     jpeg_rate: float = 0.0  # share of results that are JPEG instead of PNG
     # Per poll of a running task: an undocumented status word.
     fault_unknown_status: float = 0.0
@@ -430,8 +432,9 @@ class _Backend:
         failed = rng.random() < o.fault_task_failed
         expired_at_birth = rng.random() < o.fault_url_expired
         jpeg = rng.random() < o.jpeg_rate
+        stuck = rng.random() < o.fault_task_stuck
         width, height = (int(x) for x in str(body.get("size", "1024x1024")).split("x"))
-        finish_at = now + duration
+        finish_at = math.inf if stuck else now + duration
         task = TaskRecord(
             task_id=task_id,
             body=body_key,
@@ -455,6 +458,8 @@ class _Backend:
         self.stats.add("accepted_per_body", body_key)
         if failed:
             self.stats.add("failed_tasks")
+        if stuck:
+            self.stats.add("faults", "task_stuck")
         self.stats.raise_to("max_in_flight", len(self.running_heap))
         return task
 
@@ -865,7 +870,8 @@ def _poll(backend: _Backend, h: _Handler, task_id: str) -> None:
             data["progress"] = min(99, int(100 * (now - task.pending_until) / span))
     elif task.outcome == "failed":
         data["status"] = task.status_word
-        data.update(_failure_fields(_rng(o.seed, "failure", task_id)))
+        if o.failure_messages:
+            data.update(_failure_fields(_rng(o.seed, "failure", task_id)))
     else:
         data["status"] = task.status_word
         data["duration"] = int(1000 * (task.finish_at - task.accepted_at))
