@@ -324,6 +324,20 @@ def test_submits_sent_before_the_advertised_retry_instant_are_counted(
     assert server.stats["submits_before_retry_after"] == 1
 
 
+def test_resubmits_before_a_503_retry_after_are_counted(clock: srv.ManualClock) -> None:
+    options = {"first_submits_503": 1, "retry_after": 2.0}
+    with srv.running_server(clock=clock, **options) as server, _client(server) as client:
+        unavailable = _submit(client, {"prompt": "a"})
+        other_body = _submit(client, {"prompt": "b"})
+        too_early = _submit(client, {"prompt": "a"})
+        clock.advance(2.0)
+        in_time = _submit(client, {"prompt": "a"})
+    assert unavailable.status_code == 503
+    assert unavailable.headers["retry-after"] == "2"
+    assert [r.status_code for r in (other_body, too_early, in_time)] == [200, 200, 200]
+    assert server.stats["resubmits_before_retry_after"] == 1
+
+
 def test_proxy_and_server_errors_have_their_documented_and_inferred_shapes(
     clock: srv.ManualClock,
 ) -> None:

@@ -237,6 +237,7 @@ class ServerOptions:
     retry_after: float = 0.0  # seconds advertised by 429/503 answers
     retry_after_style: str | None = None  # "date", "seconds" or "reset"; None: a random one
     first_submits_429: int = 0  # the first N submit requests answer 429 (deterministic)
+    first_submits_503: int = 0  # then the next N answer 503 with Retry-After (deterministic)
     max_concurrent_tasks: int | None = None  # 429 while this many tasks are unfinished
     balance: int | None = None  # 402 on submit once this many tasks were accepted
     submit_unauthorized_after: int | None = None  # submits answer 401 after N accepted
@@ -338,6 +339,7 @@ class ServerStats(Mapping[str, Any]):
         "max_in_flight",
         "server_errors",
         "submits_before_retry_after",
+        "resubmits_before_retry_after",
     )
     _COUNTERS = (
         "submissions_per_body",
@@ -402,6 +404,7 @@ class _Backend:
         self.accepted_total = 0
         self.submits_total = 0
         self.blocked_until = 0.0  # epoch seconds advertised by the latest 429
+        self.body_blocked: dict[str, float] = {}  # body -> Retry-After instant of its 503
         self.epoch0 = time.time()
         self.clock0 = options.clock()
         self.api_base = ""
@@ -746,12 +749,21 @@ def _submit(backend: _Backend, h: _Handler, model: str, raw: bytes) -> None:
         nth_submit = backend.submits_total
         backend.submits_total += 1
         early = backend.epoch(now) < backend.blocked_until - 0.05
+        early_again = backend.epoch(now) < backend.body_blocked.get(body_key, 0.0) - 0.05
     if early:
         backend.stats.add("submits_before_retry_after")
+    if early_again:
+        backend.stats.add("resubmits_before_retry_after")
     rng = _rng(o.seed, "submit", body_key, n)
     fault = _pick_band(rng, o.api_fault_bands(submit=True))
     if nth_submit < o.first_submits_429:
         fault = "429"
+    elif nth_submit < o.first_submits_429 + o.first_submits_503:
+        fault = "503"
+    if fault == "503":
+        with backend.lock:
+            until = backend.epoch(now) + math.ceil(o.retry_after)
+            backend.body_blocked[body_key] = max(backend.body_blocked.get(body_key, 0.0), until)
     if _apply_request_fault(backend, h, fault, rng, now):
         return
     if not _authorized(backend, h):
