@@ -200,7 +200,7 @@ def unexplained_tasks(server: srv.ServerHandle, run_dir: Path) -> dict[str, int]
 
 @pytest.mark.anyio
 async def test_clean_run_downloads_every_image_exactly_once(tmp_path: Path) -> None:
-    jobs = make_jobs(50)
+    jobs = make_jobs(50, tag="phare · 灯台 ☕")
     with srv.running_server(seed=1, latency_ms=(10.0, 150.0)) as server:
         summary = await run_once(tmp_path, server, jobs, Limits(concurrency=16, rate=500.0))
         counts = check_outputs(tmp_path, server)
@@ -211,6 +211,7 @@ async def test_clean_run_downloads_every_image_exactly_once(tmp_path: Path) -> N
     assert set(stats["accepted_per_body"].values()) == {1}
     assert stats["downloads"] == 50
     assert stats["cdn_requests_with_authorization"] == 0  # the key stays on the API host
+    assert stats["max_in_flight"] <= 16  # never more unfinished tasks than limits.concurrency
     assert stats["server_errors"] == 0
     assert set(stats["statuses_sent"]) & set(srv.SUCCESS_WORDS)
     assert summary.ambiguous_resubmits == 0

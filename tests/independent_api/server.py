@@ -463,7 +463,7 @@ class _Backend:
             self.stats.add("failed_tasks")
         if stuck:
             self.stats.add("faults", "task_stuck")
-        self.stats.raise_to("max_in_flight", len(self.running_heap))
+        self.stats.raise_to("max_in_flight", self.in_flight(now))
         return task
 
     def image(self, task: TaskRecord) -> tuple[bytes, str]:
