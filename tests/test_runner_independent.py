@@ -457,6 +457,19 @@ async def test_401_or_402_mid_run_stops_submitting_and_keeps_accepted_tasks(
 
 
 @pytest.mark.anyio
+async def test_unknown_model_on_submit_is_a_configuration_stop(tmp_path: Path) -> None:
+    with srv.running_server(seed=1, models=("openai/gpt-image-2",)) as server:
+        summary = await run_once(
+            tmp_path, server, make_jobs(5, tag="yak"), Limits(concurrency=2, rate=500.0)
+        )
+        stats = server.stats.snapshot()
+    assert summary.exit_code == 3, summary.format()
+    assert stats["accepted_tasks"] == 0
+    assert 1 <= stats["status_codes"][404] <= 2  # stopped at once, not once per job
+    assert {j.state for j in job_rows(tmp_path).values()} == {"pending"}
+
+
+@pytest.mark.anyio
 async def test_key_revoked_mid_run_exits_3_and_the_next_run_polls_the_recorded_tasks(
     tmp_path: Path,
 ) -> None:
