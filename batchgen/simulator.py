@@ -773,9 +773,12 @@ def _url_of(sock: socket.socket) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
-def _uvicorn_server(sim: Simulator, http: str) -> Any:
+def _uvicorn_server(sim: Simulator, http: str, *, own_logging: bool) -> Any:
     import uvicorn  # noqa: PLC0415  (only the served modes need it)
 
+    # log_config=None: a server inside someone else's process leaves their logging alone
+    # (uvicorn's default config re-enables every logger another configuration disabled).
+    extra: dict[str, Any] = {} if own_logging else {"log_config": None}
     config = uvicorn.Config(
         cast(Any, sim),
         http=http,
@@ -784,6 +787,7 @@ def _uvicorn_server(sim: Simulator, http: str) -> Any:
         log_level="warning",
         access_log=False,
         timeout_graceful_shutdown=3,
+        **extra,
     )
     return uvicorn.Server(config)
 
@@ -805,7 +809,7 @@ def run_server(
     sock = _bind(host, port, allow_remote)
     if ready is not None:
         ready(_url_of(sock))
-    server = _uvicorn_server(sim, http)
+    server = _uvicorn_server(sim, http, own_logging=True)
     try:
         server.run(sockets=[sock])
     except KeyboardInterrupt:
@@ -832,7 +836,7 @@ def serve_in_thread(
     exits (waiting at most a few seconds for open requests).
     """
     sock = _bind(host, port, allow_remote)
-    server = _uvicorn_server(sim, http)
+    server = _uvicorn_server(sim, http, own_logging=False)
     thread = threading.Thread(
         target=server.run, kwargs={"sockets": [sock]}, name="batchgen-simulator", daemon=True
     )
