@@ -196,6 +196,7 @@ class Runner:
         self._in_flight = 0  # remote tasks submitted (or being submitted) and not ended
         self._tasks: set[asyncio.Task[None]] = set()
         self._retry: list[tuple[float, int, str]] = []  # (ready_at monotonic, seq, job_id)
+        self._scheduled: set[str] = set()  # job_ids retried: in self._retry or taken from it
         self._seq = 0
         self._buffer: list[JobRecord] = []
         self._after = 0
@@ -234,6 +235,7 @@ class Runner:
     def _schedule_retry(self, job_id: str, delay: float) -> None:
         self._seq += 1
         heapq.heappush(self._retry, (time.monotonic() + delay, self._seq, job_id))
+        self._scheduled.add(job_id)
         self._wake()
 
     def _retry_or_fail(self, job_id: str, from_state: str, attempts: int, reason: str) -> None:
@@ -261,12 +263,17 @@ class Runner:
         now = time.monotonic()
         if self._retry and self._retry[0][0] <= now:
             _, _, job_id = heapq.heappop(self._retry)
-            return self.store.get(job_id)
+            return self.store.get(job_id)  # stays in _scheduled until it is `submitting`
         if not self._buffer and not self._exhausted:
             page = self.store.pending_page(self._after, self.opts.page_size)
             if page:
                 self._after = page[-1][0]
-                self._buffer = [job for _, job in reversed(page)]
+                # A job in (or just taken from) the retry queue is pending too, e.g. a task
+                # resumed from the last run that failed before the pages got to it: take it
+                # once only.
+                self._buffer = [
+                    job for _, job in reversed(page) if job.job_id not in self._scheduled
+                ]
             else:
                 self._exhausted = True
         if self._buffer:
@@ -309,6 +316,7 @@ class Runner:
         slot = True
         try:
             attempts = self.store.mark_submitting(job_id)
+            self._scheduled.discard(job_id)
             self._moved("pending", "submitting")
             self.summary.submitted += 1
             try:
