@@ -114,3 +114,21 @@ def test_listening_socket_is_tcp_so_asyncio_disables_nagle() -> None:
         assert sock.proto == socket.IPPROTO_TCP
     finally:
         sock.close()
+
+
+def test_serve_in_thread_stops_listening_when_the_block_ends() -> None:
+    with httpx.Client(trust_env=False) as client:
+        with serve_in_thread(Simulator()) as base_url:
+            assert client.get(base_url + "/_sim/stats").status_code == 200
+        with pytest.raises(httpx.ConnectError):
+            client.get(base_url + "/_sim/stats")
+
+
+async def test_an_oversized_body_is_refused_without_being_accepted() -> None:
+    sim = make_sim()
+    async with client_for(sim) as client:
+        answer = await client.post(SUBMIT, content=b"x" * (2 << 20), headers=AUTH)
+    assert answer.status_code == 413
+    assert answer.json()["code"] == 413
+    assert sim.stats()["submissions"]["accepted"] == 0
+    assert sim.stats()["status_codes"] == {"413": 1}
