@@ -22,7 +22,9 @@ Security rules kept here:
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
+import functools
 import hashlib
 import ipaddress
 import json
@@ -30,15 +32,17 @@ import logging
 import math
 import os
 import re
+import sys
 import time
 import unicodedata
+import urllib.request
 from collections.abc import AsyncIterator, Generator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import timezone
 from types import TracebackType
 from typing import Any, BinaryIO, Literal
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import anyio
 import httpx
@@ -300,6 +304,12 @@ def resolve_base_url(cli_value: str | None, environ: Mapping[str, str] | None = 
     return validate_base_url(value)
 
 
+def _proxies_configured() -> bool:
+    """Whether the environment names an HTTP(S) proxy (``HTTPS_PROXY``, ``ALL_PROXY``...)."""
+    proxies = urllib.request.getproxies()
+    return any(proxies.get(scheme) for scheme in ("http", "https", "all"))
+
+
 def _is_loopback_host(host: str) -> bool:
     host = host.lower().rstrip(".")
     if host == "localhost":
@@ -363,6 +373,16 @@ def _origin(url: httpx.URL) -> _Origin:
     return (url.scheme, url.host.lower(), port)
 
 
+@functools.lru_cache(maxsize=4096)
+def _origin_of(url: str) -> _Origin | None:
+    """The origin of a URL string (``None`` if it does not parse); cached: every poll of a
+    task checks the same poll URL, and httpx's URL parser is slow."""
+    try:
+        return _origin(httpx.URL(url))
+    except Exception:
+        return None
+
+
 class _Secret:
     """A string that does not show itself in ``repr``/``str`` (so not in ``vars()`` dumps)."""
 
@@ -417,6 +437,8 @@ class _BearerAuth(httpx.Auth):
 
 def _sanitize(text: str, limit: int) -> str:
     """Printable, single-line, at most *limit* chars: safe to print to a terminal or log."""
+    if len(text) <= limit and text.isascii() and text.isprintable() and " " not in text:
+        return text  # the common case (a status word, a content type): nothing to clean
     cleaned = "".join(
         ch if not unicodedata.category(ch).startswith(("C", "Z")) else " "
         for ch in text[: limit * 4]
@@ -699,6 +721,16 @@ class ModellixClient:
                 max_connections if max_keepalive_connections is None else max_keepalive_connections
             ),
         )
+        default = transport is None
+        if default and not _proxies_configured():
+            # No proxy to honour: aiohttp's pool, whose cost per request does not grow with
+            # the number of pooled connections (see batchgen._transport). TLS still honours
+            # SSL_CERT_FILE/SSL_CERT_DIR.
+            from batchgen._transport import AiohttpTransport  # noqa: PLC0415
+
+            transport = AiohttpTransport(
+                max_connections=max_connections, keepalive_expiry=limits.keepalive_expiry
+            )
         self._http = httpx.AsyncClient(
             auth=_BearerAuth(self._key, self._api_origin) if self._key else None,
             headers={"User-Agent": f"batchgen/{__version__}"},
@@ -706,12 +738,12 @@ class ModellixClient:
             limits=limits,
             transport=transport,
             follow_redirects=False,
-            # With the default transport, honour HTTPS_PROXY/NO_PROXY/SSL_CERT_FILE (cron hosts
-            # behind a proxy), but never proxy loopback: a plain-http request carrying the key
-            # must not leave the machine. A given transport (tests, in-process simulator) is
-            # used as is, whatever the environment says.
-            trust_env=transport is None,
-            mounts=_NO_PROXY_FOR_LOOPBACK if transport is None else None,
+            # Behind a proxy, httpx's own transport honours HTTPS_PROXY/NO_PROXY/SSL_CERT_FILE
+            # (cron hosts behind a proxy), but never proxies loopback: a plain-http request
+            # carrying the key must not leave the machine. A given transport (tests,
+            # in-process simulator) is used as is, whatever the environment says.
+            trust_env=default,
+            mounts=_NO_PROXY_FOR_LOOPBACK if default else None,
         )
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -755,10 +787,7 @@ class ModellixClient:
         return self._api_url("/api/v1/tasks/" + quote(task_id, safe=""))
 
     def _same_origin(self, url: str) -> bool:
-        try:
-            return _origin(httpx.URL(url)) == self._api_origin
-        except Exception:
-            return False
+        return _origin_of(url) == self._api_origin
 
     # -- public operations ------------------------------------------------------------------------
 
@@ -940,8 +969,13 @@ class ModellixClient:
         """Turn httpx/timeout exceptions into :class:`TransportFailure`/:class:`ProtocolError`."""
         submit = op == "submit"
         try:
-            with anyio.fail_after(self.operation_timeout):
-                yield
+            if sys.version_info >= (3, 11):
+                # asyncio's own deadline: much cheaper than anyio's cancel scopes.
+                async with asyncio.timeout(self.operation_timeout):
+                    yield
+            else:  # pragma: no cover - Python 3.10
+                with anyio.fail_after(self.operation_timeout):
+                    yield
         except TimeoutError as exc:
             raise TransportFailure(
                 f"{op}: {what}: no complete answer within {self.operation_timeout:g} s",
@@ -985,7 +1019,7 @@ class ModellixClient:
         if content is not None:
             headers["Content-Type"] = "application/json"
         request = self._http.build_request(method, url, content=content, headers=headers)
-        what = f"{method} {httpx.URL(url).path}"
+        what = f"{method} {urlsplit(url).path}"
         too_big = False
         async with self._network_errors(op, what):
             response = await self._http.send(request, stream=True)
