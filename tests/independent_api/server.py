@@ -253,6 +253,7 @@ class ServerOptions:
     fault_drop: float = 0.0  # connection closed without an answer, nothing done
     poll_faults: bool = True  # False: the request-level faults above hit submits only
     first_polls_fail: int = 0  # the first N polls of every task answer 503 (deterministic)
+    submit_answer_delay: float = 0.0  # seconds between creating a task and answering
     # Submit only: the task IS created, then the client never learns its id.
     fault_drop_after_accept: float = 0.0
     fault_504_after_accept: float = 0.0
@@ -340,6 +341,7 @@ class ServerStats(Mapping[str, Any]):
         "server_errors",
         "submits_before_retry_after",
         "resubmits_before_retry_after",
+        "answers_waiting",
     )
     _COUNTERS = (
         "submissions_per_body",
@@ -818,6 +820,10 @@ def _submit(backend: _Backend, h: _Handler, model: str, raw: bytes) -> None:
         else:
             h.send_html(504)
         return
+    if o.submit_answer_delay > 0:
+        backend.stats.add("answers_waiting")
+        time.sleep(o.submit_answer_delay)  # a slow gateway: the task exists, the id is unsent
+        backend.stats.add("answers_waiting", n=-1)
     poll_url = f"{backend.api_base}/api/v1/tasks/{task.task_id}"
     h.send_json(
         200,
