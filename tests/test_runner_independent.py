@@ -547,6 +547,59 @@ async def test_resumed_task_survives_a_failed_poll_without_being_paid_twice(
     assert stats["accepted_tasks"] == 1
 
 
+@pytest.mark.anyio
+async def test_resumed_task_whose_result_url_expired_is_generated_again(tmp_path: Path) -> None:
+    (job,) = make_jobs(1, tag="expired")
+    with srv.running_server(seed=4, latency_ms=(5.0, 10.0), result_ttl=0.05) as server:
+        with httpx.Client(headers={"Authorization": f"Bearer {server.api_key}"}) as api:
+            data = api.post(server.submit_url(), json=job.body).json()["data"]
+        (task,) = server.tasks()
+        for _ in range(200):  # bounded: until the result URL has expired (60 ms at most)
+            if time.monotonic() > task.expires_at:
+                break
+            time.sleep(0.01)
+        server.options.result_ttl = 3600.0  # the new task's URL lives
+        store = StateStore.open(tmp_path, settings={"model": MODEL})
+        try:
+            store.sync_jobs([job])
+            store.mark_submitting(job.job_id)
+            store.mark_running(job.job_id, data["task_id"], data["get_result"]["url"])
+            store.mark_downloading(job.job_id, "task succeeded")
+        finally:
+            store.close()
+        summary = await run_once(tmp_path, server, None, Limits(concurrency=2, rate=500.0))
+        counts = check_outputs(tmp_path, server)
+        stats = server.stats.snapshot()
+        found = unexplained_tasks(server, tmp_path)
+    assert summary.exit_code == 0, summary.format()
+    assert counts == {"done": 1}
+    assert stats["accepted_tasks"] == 2
+    assert stats["expired_downloads"] == 1
+    assert found == {}
+
+
+@pytest.mark.anyio
+async def test_recorded_task_the_provider_no_longer_knows_is_submitted_again(
+    tmp_path: Path,
+) -> None:
+    (job,) = make_jobs(1, tag="purged")
+    with srv.running_server(seed=4, latency_ms=(5.0, 20.0)) as server:
+        store = StateStore.open(tmp_path, settings={"model": MODEL})
+        try:
+            store.sync_jobs([job])
+            store.mark_submitting(job.job_id)
+            store.mark_running(job.job_id, "task-openai-purged", None)
+        finally:
+            store.close()
+        summary = await run_once(tmp_path, server, None, Limits(concurrency=2, rate=500.0))
+        counts = check_outputs(tmp_path, server)
+        stats = server.stats.snapshot()
+    assert summary.exit_code == 0, summary.format()
+    assert counts == {"done": 1}
+    assert stats["accepted_tasks"] == 1
+    assert stats["status_codes"][404] >= 1
+
+
 # ----------------------------------------------------------------------------- kill -9
 
 RUN_FAST = Path(srv.__file__).with_name("run_fast.py")
