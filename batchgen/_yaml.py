@@ -241,6 +241,11 @@ def load_yaml(text: str, file: str, *, max_nodes: int = MAX_NODES) -> tuple[Any,
             message = "the file holds more than one YAML document (---)"
             hint = "keep one manifest per file"
         raise ManifestError([Diagnostic(file, line, col, "", message, hint=hint)]) from None
+    except yaml.reader.ReaderError as exc:  # a control character: locate it
+        before = text[: max(exc.position, 0)]
+        line, col = before.count("\n") + 1, len(before) - (before.rfind("\n") + 1) + 1
+        message = f"YAML error: character {exc.character!r} is not allowed in YAML"
+        raise ManifestError([Diagnostic(file, line, col, "", message)]) from None
     except yaml.YAMLError as exc:
         raise ManifestError([Diagnostic(file, 0, 0, "", f"YAML error: {exc}")]) from None
     except RecursionError:

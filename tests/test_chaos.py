@@ -18,7 +18,9 @@ def _assert_promise_held(result_dict: dict[str, object], problems: list[str]) ->
     assert not problems, "\n".join(problems[:20]) + f"\n{result_dict}"
 
 
-@pytest.mark.parametrize("server", ["simulator", "independent"])
+@pytest.mark.parametrize(
+    "server", [pytest.param("simulator", marks=pytest.mark.slow), "independent"]
+)
 def test_killed_at_random_instants_and_resumed_nothing_is_lost(tmp_path: Path, server: str) -> None:
     cfg = ChaosConfig(jobs=60, kills=3, seed=3, server=server, max_life=0.8)
     result = run_chaos(cfg, tmp_path)
@@ -27,6 +29,10 @@ def test_killed_at_random_instants_and_resumed_nothing_is_lost(tmp_path: Path, s
     assert result.jobs_lost == 0
     assert result.counts["done"] + result.counts["failed"] + result.counts["expired"] == 60
     assert sum(result.faults_injected.values()) > 0
+    # Every accepted task the state file never recorded was reported as an interrupted
+    # submit (checked in run_chaos); with few kills and few overlapping submits, it is
+    # within one per kill or so.
+    assert result.orphans_from_kills <= result.recovered_submitting
 
 
 @pytest.mark.chaos

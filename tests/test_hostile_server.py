@@ -306,10 +306,7 @@ def _check_contained(tmp_path: Path, api: FakeApi) -> None:
             ), request.url
 
 
-@pytest.mark.parametrize("name", sorted(SCENARIOS))
-async def test_hostile_answer_ends_every_job_with_a_reason_and_stays_in_the_run_dir(
-    tmp_path: Path, name: str
-) -> None:
+async def _check_scenario(tmp_path: Path, name: str) -> None:
     scenario, outcome = SCENARIOS[name]
     api = FakeApi()
     scenario(api)
@@ -326,6 +323,27 @@ async def test_hostile_answer_ends_every_job_with_a_reason_and_stays_in_the_run_
     _check_contained(tmp_path, api)
     hosts = {r.url.host for r in api.requests}
     assert hosts <= {"127.0.0.1", "cdn.example.net"}, hosts  # never a plain-http remote
+
+
+async def test_every_hostile_answer_ends_every_job_with_a_reason_inside_the_run_dir(
+    tmp_path: Path,
+) -> None:
+    # All scenarios at once (each its own fake, client and run directory), so the ones
+    # that wait for a deadline overlap; each failure is reported by name.
+    names = sorted(SCENARIOS)
+    for name in names:
+        (tmp_path / name).mkdir()
+    results = await asyncio.gather(
+        *(_check_scenario(tmp_path / name, name) for name in names), return_exceptions=True
+    )
+    failures = {name: repr(r) for name, r in zip(names, results, strict=True) if r is not None}
+    assert not failures, failures
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(SCENARIOS))
+async def test_hostile_answer_alone(tmp_path: Path, name: str) -> None:
+    await _check_scenario(tmp_path, name)
 
 
 async def test_retry_after_of_a_year_is_bounded_by_max_runtime(tmp_path: Path) -> None:

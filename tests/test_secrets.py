@@ -33,6 +33,7 @@ from batchgen.state import StateError, StateStore
 from tests.runhelpers import sim_config
 
 REPO = Path(__file__).resolve().parent.parent
+FAST = {"first_poll": 0.02, "min_poll_interval": 0.01, "backoff_base": 0.01, "backoff_cap": 0.1}
 CANARY = "mlx-CANARY-5e1f0c9a7b3d4e2f8a6b"
 CANARY_BYTES = CANARY.encode()
 
@@ -99,9 +100,17 @@ def debug_logging() -> Iterator[io.StringIO]:
 
 
 def _debug_setup_logging(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The run command's logging, at DEBUG and propagating to the root buffer too."""
+    """The run command's logging, at DEBUG and propagating to the root buffer too; and
+    test-speed polling (the simulator's tasks last milliseconds)."""
+    import batchgen.session  # noqa: PLC0415
     from batchgen.cli import run as cli_run  # noqa: PLC0415
     from batchgen.progress import setup_logging  # noqa: PLC0415
+    from batchgen.runner import RunOptions  # noqa: PLC0415
+
+    def fast(**kw: object) -> RunOptions:
+        return RunOptions(**{**FAST, **kw})  # type: ignore[arg-type]
+
+    monkeypatch.setattr(batchgen.session, "RunOptions", fast)
 
     def at_debug(fmt: str = "text", stream: object = None, level: int = logging.DEBUG) -> None:
         setup_logging(fmt, level=logging.DEBUG)
@@ -213,6 +222,10 @@ def at_debug(fmt="text", stream=None, level=logging.DEBUG):
     _setup(fmt, stream, logging.DEBUG)
     logging.getLogger("batchgen").propagate = True
 progress.setup_logging = at_debug
+import batchgen.session as session
+from batchgen.runner import RunOptions
+FAST = dict(first_poll=0.02, min_poll_interval=0.01, backoff_base=0.01, backoff_cap=0.1)
+session.RunOptions = lambda **kw: RunOptions(**{**FAST, **kw})
 from batchgen.cli import main
 sys.exit(main(sys.argv[1:]))
 """
@@ -315,7 +328,10 @@ def _mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
 
-@pytest.mark.parametrize("umask", [0o000, 0o022, 0o027, 0o077])
+@pytest.mark.parametrize(
+    "umask",
+    [0o000, *(pytest.param(m, marks=pytest.mark.slow) for m in (0o022, 0o027, 0o077))],
+)
 def test_run_dir_and_state_files_are_owner_only_whatever_the_umask(
     tmp_path: Path, canary_url: str, umask: int
 ) -> None:
