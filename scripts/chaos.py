@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kills", type=int, default=24)
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--fault-rate", type=float, default=0.04)
-    parser.add_argument("--max-life", type=float, default=10.0)
+    parser.add_argument("--max-life", type=float, default=5.0)
     parser.add_argument("--server", choices=("simulator", "independent", "both"), default="both")
     parser.add_argument("--keep", type=Path, help="work in this folder and keep it")
     args = parser.parse_args(argv)

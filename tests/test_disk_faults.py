@@ -321,6 +321,12 @@ def test_damaged_or_missing_state_file_is_refused_and_no_image_is_touched(
     assert "state" in text
     code, text = run_main(str(run_dir), url=sim_url, capsys=capsys)
     assert code in (2, 3), text
+    for command in (["status", str(run_dir)], ["export", str(run_dir)]):
+        code = main(command)
+        out = capsys.readouterr()
+        assert code != 0, (command, out)
+        assert "Traceback" not in out.out + out.err
+        assert out.err.strip(), command  # says why
     assert _images(run_dir) == before  # a bad state file never costs an image
     # Fixed (the state file restored from a backup): the run is complete, nothing lost.
     _restore(run_dir)
