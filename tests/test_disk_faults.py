@@ -9,6 +9,9 @@ in a child process against the simulator on a loopback port.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
+import io
 import os
 import resource
 import shutil
@@ -18,15 +21,24 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, BinaryIO
 
 import pytest
 
 from batchgen.cli import main
-from batchgen.manifest import load_manifest
+from batchgen.manifest import Limits, load_manifest
+from batchgen.output import OutputDir
 from batchgen.session import RunRequest, run_session
 from batchgen.simulator import Simulator, serve_in_thread
 from batchgen.state import LOCK_NAME, StateStore, lock_holder
-from tests.runhelpers import SIM_KEY, check_run_dir, sim_config
+from tests.runhelpers import (
+    SIM_KEY,
+    check_run_dir,
+    in_process_client,
+    make_jobs,
+    run_in_dir,
+    sim_config,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -423,3 +435,77 @@ def test_lock_file_with_garbage_in_it_is_taken_over(
     code, text = run_main(str(run_dir), url=sim_url, capsys=capsys)
     assert code == 0, text
     assert check_run_dir(run_dir)["done"] == 3
+
+
+# ------------------------------------------------------------- ENOSPC, in process
+class _FullDisk(io.RawIOBase):
+    """A file that takes ``room`` bytes, then fails every write with ENOSPC."""
+
+    def __init__(self, inner: BinaryIO, room: int) -> None:
+        self.inner = inner
+        self.room = room
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        if len(data) > self.room:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.room -= len(data)
+        return self.inner.write(data)
+
+    def flush(self) -> None:
+        self.inner.flush()
+
+    def fileno(self) -> int:
+        return self.inner.fileno()
+
+
+DISK_LIMITS = Limits(concurrency=4, rate=1000.0, retries=3, timeout=60.0)
+
+
+async def _run_jobs(run_dir: Path, n: int) -> Any:
+    sim = Simulator(sim_config(seed=3))
+    async with in_process_client(sim) as client:
+        return await run_in_dir(run_dir, client, make_jobs(n), DISK_LIMITS)
+
+
+def test_no_space_left_during_downloads_stops_cleanly_and_rerun_loses_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_open_temp = OutputDir.open_temp
+
+    @contextlib.contextmanager
+    def full(self: OutputDir, job_id: str) -> Iterator[tuple[Path, Any]]:
+        with real_open_temp(self, job_id) as (path, f):
+            yield path, _FullDisk(f, room=10_000)
+
+    monkeypatch.setattr(OutputDir, "open_temp", full)
+    summary = asyncio.run(_run_jobs(tmp_path, 6))
+    assert summary.exit_code == 3
+    assert summary.stop_reason is not None
+    assert "No space left on device" in summary.stop_reason
+    assert summary.counts["done"] == 0
+    assert not list((tmp_path / "images").iterdir())  # no partial file
+    monkeypatch.setattr(OutputDir, "open_temp", real_open_temp)  # space freed
+    summary = asyncio.run(_run_jobs(tmp_path, 6))
+    assert summary.exit_code == 0, summary.format()
+    assert check_run_dir(tmp_path)["done"] == 6
+
+
+def test_no_space_left_for_metadata_stops_cleanly_and_rerun_rebuilds_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_append = OutputDir.append_metadata
+
+    def full(self: OutputDir, job: Any) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(OutputDir, "append_metadata", full)
+    summary = asyncio.run(_run_jobs(tmp_path, 4))
+    assert summary.exit_code == 3
+    assert "metadata.jsonl" in (summary.stop_reason or "")
+    monkeypatch.setattr(OutputDir, "append_metadata", real_append)
+    summary = asyncio.run(_run_jobs(tmp_path, 4))
+    assert summary.exit_code == 0, summary.format()
+    assert check_run_dir(tmp_path)["done"] == 4  # metadata.jsonl rebuilt: one line per image
