@@ -156,6 +156,12 @@ def test_canary_key_never_leaves_memory_in_process_at_debug(  # noqa: PLR0917
     assert "HTTP Request" in logs or "send_request" in logs  # httpx/httpcore did log
     assert_no_canary(captured.out, captured.err, logs)
     assert_no_canary(_status_and_export(run_dir, capsys))
+    code = main(["retry", str(run_dir), "--failed", "--rejected"])  # runs with the key again
+    captured = capsys.readouterr()
+    assert code in (0, 1), captured.err[-2000:]
+    assert_no_canary(captured.out, captured.err, debug_logging.getvalue())
+    for name in ("state.db", "metadata.jsonl", "metrics.prom", "run.lock"):
+        assert (run_dir / name).exists(), name  # each of them was searched
     assert assert_no_canary_in_dir(tmp_path) >= 5
 
 
