@@ -125,6 +125,9 @@ class RunSummary:
     downloads: int = 0
     recovered_submitting: int = 0
     resumed_in_flight: int = 0
+    regenerated: int = 0
+    """Recorded tasks generated (and paid for) again: the provider no longer knew the task
+    (404) or its result URL had expired."""
     duration: float = 0.0
     images_per_minute: float = 0.0
     counts: dict[str, int] = field(default_factory=dict)
@@ -142,6 +145,11 @@ class RunSummary:
             f"submitted {self.submitted}, retries {self.retries}, ambiguous resubmits "
             f"{self.ambiguous_resubmits}, 429s {self.throttled}, polls {self.polls}",
         ]
+        if self.regenerated:
+            lines.append(
+                f"{self.regenerated} recorded tasks generated again (task unknown to the "
+                "provider or result URL expired)"
+            )
         for reason, n in sorted(self.failed_by_reason.items(), key=lambda kv: -kv[1]):
             lines.append(f"  {n} x {reason}")
         left = sum(
@@ -238,8 +246,8 @@ class Runner:
         self._scheduled.add(job_id)
         self._wake()
 
-    def _retry_or_fail(self, job_id: str, from_state: str, attempts: int, reason: str) -> None:
-        """Another attempt after a backoff while attempts remain, else ``failed``."""
+    def _retry_or_fail(self, job_id: str, from_state: str, attempts: int, reason: str) -> bool:
+        """Another attempt after a backoff while attempts remain (True), else ``failed``."""
         if attempts >= 1 + self.limits.retries:
             self.store.mark_failed(job_id, f"{reason} (after {attempts} attempts)")
             self._moved(from_state, "failed")
@@ -247,7 +255,7 @@ class Runner:
                 self.summary.failed_by_reason.get(_reason_key(reason), 0) + 1
             )
             logger.warning("job %s failed: %s (after %d attempts)", job_id, reason, attempts)
-            return
+            return False
         self.store.mark_pending(job_id, reason)
         self._moved(from_state, "pending")
         self.summary.retries += 1
@@ -256,6 +264,7 @@ class Runner:
         )
         logger.debug("job %s: %s; retry in %.2fs", job_id, reason, delay)
         self._schedule_retry(job_id, delay)
+        return True
 
     # ------------------------------------------------------------- job source
     def _next_job(self) -> JobRecord | float | None:
@@ -416,9 +425,10 @@ class Runner:
                     if isinstance(exc, NotFound):
                         slot = False
                         self._release_slot()
-                        self._retry_or_fail(
+                        if self._retry_or_fail(
                             job_id, "running", attempts, f"task {task_id} not found: {exc}"
-                        )
+                        ):
+                            self.summary.regenerated += 1
                         return
                     if exc.stops_run:
                         self._stop(str(exc), EXIT_CODES["stopped"])
@@ -507,7 +517,10 @@ class Runner:
                     self.store.mark_expired(job_id, f"result URL expired: {exc}")
                     self._moved("downloading", "expired")
                     return
-                self._retry_or_fail(job_id, "downloading", attempts, f"result URL expired: {exc}")
+                if self._retry_or_fail(
+                    job_id, "downloading", attempts, f"result URL expired: {exc}"
+                ):
+                    self.summary.regenerated += 1
                 return
             except (ApiError, ImageCheckError) as exc:
                 if tries <= self.opts.download_retries and (
@@ -672,22 +685,57 @@ class Runner:
             logger.warning("cannot write metrics.prom: %s", exc)
 
     async def _resume_download(self, job: JobRecord) -> None:
-        """A job a previous run left in ``downloading``: poll its task once more for the URL."""
+        """A job a previous run left in ``downloading``: its task succeeded, so poll it again for
+        the result URL, retrying errors and non-final answers with backoff as a running task is
+        polled (no slot: the task has ended).  The job is generated again only when the provider
+        no longer knows the task (404), reports it failed, or its URL expired (:meth:`_download`);
+        a task that cannot be polled again within ``limits.timeout`` fails, never pays twice."""
         assert job.task_id is not None
-        job_id = job.job_id
-        try:
-            status = await self.client.poll(job.task_id, job.poll_url)
-            self.summary.polls += 1
-        except ApiError as exc:
-            if exc.stops_run:
-                self._stop(str(exc), EXIT_CODES["stopped"])
+        job_id, task_id = job.job_id, job.task_id
+        deadline = time.time() + self.limits.timeout
+        tries = 0
+        while True:
+            tries += 1
+            status = None
+            try:
+                status = await self.client.poll(task_id, job.poll_url)
+            except NotFound as exc:
+                if self._retry_or_fail(
+                    job_id, "downloading", job.attempts, f"task {task_id} not found: {exc}"
+                ):
+                    self.summary.regenerated += 1
                 return
-            self._retry_or_fail(job_id, "downloading", job.attempts, f"re-poll failed: {exc}")
-            return
-        if status.state != "success":
-            self._retry_or_fail(job_id, "downloading", job.attempts, "task result not available")
-            return
-        await self._download(job_id, status.resources, job.attempts)
+            except ApiError as exc:
+                if exc.stops_run:
+                    self._stop(str(exc), EXIT_CODES["stopped"])
+                    return  # stays downloading with its task_id: the next run polls it
+                problem = f"re-poll failed: {exc}"
+            finally:
+                self.summary.polls += 1
+            if status is not None:
+                if status.state == "success":
+                    await self._download(job_id, status.resources, job.attempts)
+                    return
+                if status.state == "failed":
+                    reason = f"task failed: {status.error or 'no reason'}"
+                    self._retry_or_fail(job_id, "downloading", job.attempts, reason)
+                    return
+                problem = f"task {task_id} is {status.raw_status!r} again"
+            if time.time() > deadline:
+                reason = (
+                    f"timed out: the result of task {task_id} could not be fetched again within "
+                    f"{self.limits.timeout:g}s (limits.timeout): {problem}"
+                )
+                self.store.mark_failed(job_id, reason)
+                self._moved("downloading", "failed")
+                key = "timed out (limits.timeout)"
+                self.summary.failed_by_reason[key] = self.summary.failed_by_reason.get(key, 0) + 1
+                logger.warning("job %s: %s", job_id, reason)
+                return
+            delay = backoff_delay(
+                tries, base=self.opts.backoff_base, cap=self.opts.max_poll_interval, rng=self._rng
+            )
+            await asyncio.sleep(min(delay, max(deadline - time.time(), 0.0) + 0.01))
 
     async def _wait_for_stop_or_change(
         self, stop: asyncio.Event | None, deadline: float | None, timeout: float | None

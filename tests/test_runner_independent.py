@@ -495,25 +495,9 @@ async def test_key_revoked_mid_run_exits_3_and_the_next_run_polls_the_recorded_t
 
 # ----------------------------------------------------------------------------- resume
 
-RESUME_DOWNLOAD_BUG = (
-    "runner bug: a job a killed run left in 'downloading' is resumed by Runner._resume_download "
-    "with a single poll and no retry; one transient poll error (503/429/dropped connection) "
-    "sends it back to pending and a new task is submitted and paid for, although the recorded "
-    "task succeeded and its result is still downloadable (and the extra task is not reported "
-    "as ambiguous)"
-)
-
 
 @pytest.mark.anyio
-@pytest.mark.parametrize(
-    "left_in",
-    [
-        "running",
-        pytest.param(
-            "downloading", marks=pytest.mark.xfail(strict=True, reason=RESUME_DOWNLOAD_BUG)
-        ),
-    ],
-)
+@pytest.mark.parametrize("left_in", ["running", "downloading"])
 async def test_resumed_task_survives_a_failed_poll_without_being_paid_twice(
     tmp_path: Path, left_in: str
 ) -> None:
@@ -545,6 +529,7 @@ async def test_resumed_task_survives_a_failed_poll_without_being_paid_twice(
     assert counts == {"done": 1}
     assert job_rows(tmp_path)[job.job_id].task_id == data["task_id"]
     assert stats["accepted_tasks"] == 1
+    assert summary.regenerated == 0
 
 
 @pytest.mark.anyio
@@ -576,11 +561,13 @@ async def test_resumed_task_whose_result_url_expired_is_generated_again(tmp_path
     assert stats["accepted_tasks"] == 2
     assert stats["expired_downloads"] == 1
     assert found == {}
+    assert summary.regenerated == 1  # reported
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("left_in", ["running", "downloading"])
 async def test_recorded_task_the_provider_no_longer_knows_is_submitted_again(
-    tmp_path: Path,
+    tmp_path: Path, left_in: str
 ) -> None:
     (job,) = make_jobs(1, tag="purged")
     with srv.running_server(seed=4, latency_ms=(5.0, 20.0)) as server:
@@ -589,6 +576,8 @@ async def test_recorded_task_the_provider_no_longer_knows_is_submitted_again(
             store.sync_jobs([job])
             store.mark_submitting(job.job_id)
             store.mark_running(job.job_id, "task-openai-purged", None)
+            if left_in == "downloading":
+                store.mark_downloading(job.job_id, "task succeeded")
         finally:
             store.close()
         summary = await run_once(tmp_path, server, None, Limits(concurrency=2, rate=500.0))
@@ -598,6 +587,7 @@ async def test_recorded_task_the_provider_no_longer_knows_is_submitted_again(
     assert counts == {"done": 1}
     assert stats["accepted_tasks"] == 1
     assert stats["status_codes"][404] >= 1
+    assert summary.regenerated == 1  # reported
 
 
 # ----------------------------------------------------------------------------- kill -9
@@ -709,10 +699,9 @@ def _check_kill_run(tmp_path: Path, server: srv.ServerHandle, kills: int, jobs: 
 
 
 def test_sigkill_at_random_instants_then_resume_loses_nothing(tmp_path: Path) -> None:
-    # Request-level faults hit submits only here: with faults on polls too, a kill during a
-    # download plus one failed poll on resume pays for the task twice (RESUME_DOWNLOAD_BUG,
-    # pinned deterministically above; the slow variant below runs with poll faults on).
-    faults = {**KILL_FAULTS, "poll_faults": False, "api_key": CANARY_KEY}
+    # Request-level faults hit polls too: a kill during a download, then a failed poll on
+    # resume, must not pay for the task twice.
+    faults = {**KILL_FAULTS, "api_key": CANARY_KEY}
     with srv.running_server(seed=9, latency_ms=(30.0, 200.0), **faults) as server:
         kills, summary = kill_and_resume(tmp_path, server, jobs=16, rounds=2, seed=17)
         _check_kill_run(tmp_path, server, kills, 16)
@@ -764,10 +753,7 @@ def test_one_kill_pays_twice_for_at_most_one_task(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "poll_faults",
-    [False, pytest.param(True, marks=pytest.mark.xfail(strict=False, reason=RESUME_DOWNLOAD_BUG))],
-)
+@pytest.mark.parametrize("poll_faults", [False, True])
 @pytest.mark.parametrize("seed", [31, 32])
 def test_many_sigkills_then_resume_loses_nothing(
     tmp_path: Path, seed: int, poll_faults: bool
