@@ -17,9 +17,10 @@ Outcomes by error class (see :mod:`batchgen.client`):
 * 401, 402, 404 on submit, bad configuration: no new submission at all; tasks
   already running are still polled and downloaded; exit code 3.
 * 5xx, timeouts, dropped connections, a failed task, an expired result URL:
-  retried with exponential backoff and full jitter while attempts remain
-  (``1 + limits.retries``).  A submit whose outcome is unknown is resubmitted and
-  counted as ambiguous, or failed when ``limits.resubmit_unknown`` is false.
+  retried with exponential backoff and full jitter, never sooner than the answer's
+  ``Retry-After``, while attempts remain (``1 + limits.retries``).  A submit whose
+  outcome is unknown is resubmitted and counted as ambiguous, or failed when
+  ``limits.resubmit_unknown`` is false.
 """
 
 from __future__ import annotations
@@ -246,8 +247,22 @@ class Runner:
         self._scheduled.add(job_id)
         self._wake()
 
-    def _retry_or_fail(self, job_id: str, from_state: str, attempts: int, reason: str) -> bool:
-        """Another attempt after a backoff while attempts remain (True), else ``failed``."""
+    def _backoff(self, attempt: int, cap: float, retry_after: float | None = None) -> float:
+        """The wait before try ``attempt + 1``: exponential backoff with full jitter, and never
+        less than the server's ``Retry-After`` (a 503 or 429 that carries one)."""
+        delay = backoff_delay(attempt, base=self.opts.backoff_base, cap=cap, rng=self._rng)
+        return max(delay, retry_after or 0.0)
+
+    def _retry_or_fail(
+        self,
+        job_id: str,
+        from_state: str,
+        attempts: int,
+        reason: str,
+        retry_after: float | None = None,
+    ) -> bool:
+        """Another attempt after a backoff (at least ``retry_after``) while attempts remain
+        (True), else ``failed``."""
         if attempts >= 1 + self.limits.retries:
             self.store.mark_failed(job_id, f"{reason} (after {attempts} attempts)")
             self._moved(from_state, "failed")
@@ -259,9 +274,7 @@ class Runner:
         self.store.mark_pending(job_id, reason)
         self._moved(from_state, "pending")
         self.summary.retries += 1
-        delay = backoff_delay(
-            attempts, base=self.opts.backoff_base, cap=self.opts.backoff_cap, rng=self._rng
-        )
+        delay = self._backoff(attempts, self.opts.backoff_cap, retry_after)
         logger.debug("job %s: %s; retry in %.2fs", job_id, reason, delay)
         self._schedule_retry(job_id, delay)
         return True
@@ -387,10 +400,14 @@ class Runner:
                 self.summary.failed_by_reason[key] = self.summary.failed_by_reason.get(key, 0) + 1
                 return
             self.summary.ambiguous_resubmits += 1
-            self._retry_or_fail(job_id, "submitting", attempts, f"submit outcome unknown: {exc}")
+            self._retry_or_fail(
+                job_id, "submitting", attempts, f"submit outcome unknown: {exc}", exc.retry_after
+            )
             return
         if exc.retryable:
-            self._retry_or_fail(job_id, "submitting", attempts, f"submit failed: {exc}")
+            self._retry_or_fail(
+                job_id, "submitting", attempts, f"submit failed: {exc}", exc.retry_after
+            )
             return
         self.store.mark_failed(job_id, f"submit failed: {exc}")
         self._moved("submitting", "failed")
@@ -438,12 +455,7 @@ class Runner:
                         status = None
                     else:
                         await asyncio.sleep(
-                            backoff_delay(
-                                errors,
-                                base=self.opts.backoff_base,
-                                cap=self.opts.max_poll_interval,
-                                rng=self._rng,
-                            )
+                            self._backoff(errors, self.opts.max_poll_interval, exc.retry_after)
                         )
                         continue
                 finally:
@@ -526,16 +538,16 @@ class Runner:
                 if tries <= self.opts.download_retries and (
                     isinstance(exc, ImageCheckError) or exc.retryable
                 ):
-                    await asyncio.sleep(
-                        backoff_delay(
-                            tries,
-                            base=self.opts.backoff_base,
-                            cap=self.opts.backoff_cap,
-                            rng=self._rng,
-                        )
-                    )
+                    retry_after = exc.retry_after if isinstance(exc, ApiError) else None
+                    await asyncio.sleep(self._backoff(tries, self.opts.backoff_cap, retry_after))
                     continue
-                self._retry_or_fail(job_id, "downloading", attempts, f"download failed: {exc}")
+                self._retry_or_fail(
+                    job_id,
+                    "downloading",
+                    attempts,
+                    f"download failed: {exc}",
+                    exc.retry_after if isinstance(exc, ApiError) else None,
+                )
                 return
             except OSError as exc:
                 # Disk full, unwritable directory...: stop; the job stays `downloading` and the
@@ -697,6 +709,7 @@ class Runner:
         while True:
             tries += 1
             status = None
+            retry_after: float | None = None
             try:
                 status = await self.client.poll(task_id, job.poll_url)
             except NotFound as exc:
@@ -710,6 +723,7 @@ class Runner:
                     self._stop(str(exc), EXIT_CODES["stopped"])
                     return  # stays downloading with its task_id: the next run polls it
                 problem = f"re-poll failed: {exc}"
+                retry_after = exc.retry_after
             finally:
                 self.summary.polls += 1
             if status is not None:
@@ -732,9 +746,7 @@ class Runner:
                 self.summary.failed_by_reason[key] = self.summary.failed_by_reason.get(key, 0) + 1
                 logger.warning("job %s: %s", job_id, reason)
                 return
-            delay = backoff_delay(
-                tries, base=self.opts.backoff_base, cap=self.opts.max_poll_interval, rng=self._rng
-            )
+            delay = self._backoff(tries, self.opts.max_poll_interval, retry_after)
             await asyncio.sleep(min(delay, max(deadline - time.time(), 0.0) + 0.01))
 
     async def _wait_for_stop_or_change(

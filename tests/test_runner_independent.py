@@ -407,13 +407,6 @@ async def test_failures_without_a_message_are_grouped_under_one_reason(tmp_path:
 
 
 @pytest.mark.anyio
-@pytest.mark.xfail(
-    strict=True,
-    reason="runner bug: Retry-After on a 503 answer to a submit is ignored: the job is retried "
-    "after the runner's own backoff (Runner._on_submit_error -> _retry_or_fail uses "
-    "backoff_delay only, never exc.retry_after), although the API documents Retry-After on "
-    "429/503 and issue 5 requires it honoured",
-)
 async def test_retry_after_on_503_is_honoured_before_submitting_again(tmp_path: Path) -> None:
     options = {"first_submits_503": 1, "retry_after": 1.0}
     with srv.running_server(seed=1, latency_ms=(5.0, 20.0), **options) as server:
