@@ -63,14 +63,16 @@ def mean_latency(case: str, latency: float) -> float:
 
 
 # ------------------------------------------------------------------------------ runner child
-def child_runner(url: str, jobs: int, concurrency: int) -> dict[str, Any]:
-    """One ``batchgen run`` of ``jobs`` jobs against ``url`` (in this fresh process)."""
+def child_runner(url: str, jobs: int, concurrency: int, cap: float) -> dict[str, Any]:
+    """One ``batchgen run`` of ``jobs`` jobs against ``url`` (in this fresh process), stopped
+    after ``cap`` seconds (then ``makespan_s`` is a lower bound and ``capped`` is true)."""
     with tempfile.TemporaryDirectory() as tmp:
         manifest = write_manifest(Path(tmp), jobs, concurrency=concurrency)
-        m = run_manifest(manifest, url)
+        m = run_manifest(manifest, url, max_runtime=cap)
     s = m.summary
     return {
         "makespan_s": round(m.wall_s, 2),
+        "capped": s["done"] < jobs and s["stop_reason"] == "max runtime reached",
         "done": s["done"],
         "failed": s["failed"],
         "submitted": s["submitted"],
@@ -158,6 +160,9 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int)
     parser.add_argument("--latency", type=float)
     parser.add_argument("--poll-every", type=float, default=1.0, help="baseline's poll sleep")
+    parser.add_argument(
+        "--cap", type=float, default=10.0, help="stop a runner case after CAP x ideal seconds"
+    )
     parser.add_argument("--child", nargs=4, metavar=("CASE", "URL", "N", "C"), help="internal")
     args = parser.parse_args()
     if args.child:
@@ -165,7 +170,7 @@ def main() -> int:
         if case == "baseline":
             emit(child_baseline(url, int(n), int(c), args.poll_every))
         else:
-            emit(child_runner(url, int(n), int(c)))
+            emit(child_runner(url, int(n), int(c), args.cap))
         return 0
 
     jobs = args.jobs or (200 if args.quick else 10_000)
@@ -180,10 +185,11 @@ def main() -> int:
         with simulator(*flags) as sim:
             child = [sys.argv[0], "--child", case, sim.url, str(jobs), str(conc)]
             sim_cpu0 = sim.cpu_seconds()
-            result = run_in_child(*child, "--poll-every", str(poll_every))
+            ideal = math.ceil(jobs / conc) * mean_latency(case, latency)
+            cap = str(args.cap * ideal)
+            result = run_in_child(*child, "--poll-every", str(poll_every), "--cap", cap)
             sim_cpu1 = sim.cpu_seconds()
             stats = sim.stats()
-        ideal = math.ceil(jobs / conc) * mean_latency(case, latency)
         result["ideal_s"] = round(ideal, 2)
         result["makespan_over_ideal"] = round(result["makespan_s"] / ideal, 4)
         result["simulator_peak_concurrent"] = stats["tasks"]["peak_concurrent"]
