@@ -35,6 +35,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from batchgen._reasons import failure_reason
 from batchgen.state import (
     ALL_STATES,
     LOCK_NAME,
@@ -141,44 +142,6 @@ def lock_status(run: Path) -> LockStatus:
     if pid is not None and _pid_alive(pid):
         return LockStatus(held=True, pid=pid, method="pid")
     return LockStatus(held=False, method="pid")
-
-
-# ------------------------------------------------------------ reason groups
-_AFTER_ATTEMPTS = re.compile(r"\s*\(after \d+ attempts?\)\s*$")
-_RAW_ANSWER = re.compile(r";?\s*answer:\s*[\[{].*$", re.DOTALL)
-_METHOD_URL = re.compile(r"\b(?:GET|POST|PUT|HEAD|DELETE) \S+?:\s+")
-_URL = re.compile(r"\bhttps?://\S+")
-_OPERATION = re.compile(r"^(?:(?P<head>[^:]{1,60}): )?(?:submit|poll|download): ")
-_ID_TOKEN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:=+~/-]{11,}")
-_TIMES = re.compile(r"\b\d+ times\b")
-
-
-def _is_id(token: str) -> bool:
-    """A token that names one task/request (many digits, long), not a value like 1024x1024."""
-    core = token.strip("(),.;")
-    return bool(_ID_TOKEN.fullmatch(core)) and sum(ch.isdigit() for ch in core) >= 6
-
-
-def failure_reason(state: str, last_error: str | None) -> str:
-    """A short category of a job's last error, the same for every job that failed the same way:
-    retry counts, task IDs, URLs and raw answers are left out."""
-    text = (last_error or "").strip()
-    if not text:
-        return f"{state} (no error recorded)"
-    text = " ".join(text.split())
-    text = _AFTER_ATTEMPTS.sub("", text)
-    text = _RAW_ANSWER.sub("", text)
-    text = _METHOD_URL.sub("", text)
-    text = _URL.sub("<url>", text)
-    text = _OPERATION.sub(lambda m: f"{m['head']}: " if m["head"] else "", text)
-    text = _TIMES.sub("too many times", text)
-    text = " ".join(t for t in text.split(" ") if not _is_id(t))
-    text = text.replace(" (result URL expired or gone)", "")
-    if state == "rejected" and not text.lower().startswith("rejected"):
-        text = f"rejected: {text}"
-    if len(text) > 120:
-        text = text[:119].rstrip() + "…"
-    return text
 
 
 # ------------------------------------------------------------------- report

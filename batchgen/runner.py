@@ -38,6 +38,7 @@ from typing import Any, Protocol
 
 from batchgen._pacing import AimdLimit, RateLimiter, backoff_delay
 from batchgen._polling import PollSchedule
+from batchgen._reasons import failure_reason
 from batchgen.client import (
     ApiError,
     ModellixClient,
@@ -163,11 +164,6 @@ class RunSummary:
         return "\n".join(lines)
 
 
-def _reason_key(reason: str) -> str:
-    """A short grouping key of a failure reason (first clause, no task ids)."""
-    return reason.split(" (after ", maxsplit=1)[0][:120]
-
-
 def _default_submit_path(model: str) -> str:
     from batchgen.schemas import load_model  # noqa: PLC0415 - keep the runner importable alone
 
@@ -241,6 +237,14 @@ class Runner:
     def _submissions_stopped(self) -> bool:
         return self._stop_submitting is not None
 
+    def _fail(self, job_id: str, from_state: str, reason: str) -> None:
+        """Mark the job ``failed`` and count it under its reason's group: the same grouping as
+        ``batchgen status`` (:func:`batchgen._reasons.failure_reason`; no task ids, no URLs)."""
+        self.store.mark_failed(job_id, reason)
+        self._moved(from_state, "failed")
+        key = failure_reason("failed", reason)
+        self.summary.failed_by_reason[key] = self.summary.failed_by_reason.get(key, 0) + 1
+
     def _schedule_retry(self, job_id: str, delay: float) -> None:
         self._seq += 1
         heapq.heappush(self._retry, (time.monotonic() + delay, self._seq, job_id))
@@ -264,11 +268,7 @@ class Runner:
         """Another attempt after a backoff (at least ``retry_after``) while attempts remain
         (True), else ``failed``."""
         if attempts >= 1 + self.limits.retries:
-            self.store.mark_failed(job_id, f"{reason} (after {attempts} attempts)")
-            self._moved(from_state, "failed")
-            self.summary.failed_by_reason[_reason_key(reason)] = (
-                self.summary.failed_by_reason.get(_reason_key(reason), 0) + 1
-            )
+            self._fail(job_id, from_state, f"{reason} (after {attempts} attempts)")
             logger.warning("job %s failed: %s (after %d attempts)", job_id, reason, attempts)
             return False
         self.store.mark_pending(job_id, reason)
@@ -356,10 +356,8 @@ class Runner:
                     )
                 self._rate.pause(pause)
                 if self._throttles[job_id] >= self.opts.max_throttles:
-                    self.store.mark_failed(job_id, f"rate limited {self._throttles[job_id]} times")
-                    self._moved("submitting", "failed")
-                    self.summary.failed_by_reason["rate limited too often"] = (
-                        self.summary.failed_by_reason.get("rate limited too often", 0) + 1
+                    self._fail(
+                        job_id, "submitting", f"rate limited {self._throttles[job_id]} times"
                     )
                 else:
                     self.store.mark_pending(job_id, f"rate limited: {exc}", refund_attempt=True)
@@ -394,10 +392,7 @@ class Runner:
         if exc.ambiguous:
             if not self.limits.resubmit_unknown:
                 reason = f"submit outcome unknown (resubmit_unknown is false): {exc}"
-                self.store.mark_failed(job_id, reason)
-                self._moved("submitting", "failed")
-                key = "submit outcome unknown"
-                self.summary.failed_by_reason[key] = self.summary.failed_by_reason.get(key, 0) + 1
+                self._fail(job_id, "submitting", reason)
                 return
             self.summary.ambiguous_resubmits += 1
             self._retry_or_fail(
@@ -409,10 +404,7 @@ class Runner:
                 job_id, "submitting", attempts, f"submit failed: {exc}", exc.retry_after
             )
             return
-        self.store.mark_failed(job_id, f"submit failed: {exc}")
-        self._moved("submitting", "failed")
-        key = _reason_key(f"submit failed: {exc}")
-        self.summary.failed_by_reason[key] = self.summary.failed_by_reason.get(key, 0) + 1
+        self._fail(job_id, "submitting", f"submit failed: {exc}")
 
     async def _follow(
         self,
@@ -486,12 +478,7 @@ class Runner:
                         f"timed out: task {task_id} still {raw!r} after "
                         f"{self.limits.timeout:g}s (limits.timeout)"
                     )
-                    self.store.mark_failed(job_id, reason)
-                    self._moved("running", "failed")
-                    key = "timed out (limits.timeout)"
-                    self.summary.failed_by_reason[key] = (
-                        self.summary.failed_by_reason.get(key, 0) + 1
-                    )
+                    self._fail(job_id, "running", reason)
                     logger.warning("job %s: %s", job_id, reason)
                     return
         finally:
@@ -740,10 +727,7 @@ class Runner:
                     f"timed out: the result of task {task_id} could not be fetched again within "
                     f"{self.limits.timeout:g}s (limits.timeout): {problem}"
                 )
-                self.store.mark_failed(job_id, reason)
-                self._moved("downloading", "failed")
-                key = "timed out (limits.timeout)"
-                self.summary.failed_by_reason[key] = self.summary.failed_by_reason.get(key, 0) + 1
+                self._fail(job_id, "downloading", reason)
                 logger.warning("job %s: %s", job_id, reason)
                 return
             delay = self._backoff(tries, self.opts.max_poll_interval, retry_after)

@@ -27,6 +27,7 @@ import pytest
 from batchgen.client import ModellixClient
 from batchgen.manifest import Job, Limits, job_id_for
 from batchgen.output import OutputDir
+from batchgen.report import status_report
 from batchgen.runner import RunOptions, RunSummary, run_jobs
 from batchgen.state import StateStore
 
@@ -389,13 +390,6 @@ async def test_failed_tasks_keep_the_most_specific_message_as_their_reason(
 
 
 @pytest.mark.anyio
-@pytest.mark.xfail(
-    strict=True,
-    reason="runner bug: RunSummary.failed_by_reason groups failures by the first 120 characters "
-    "of the reason, which for a failed task without a message is the raw answer including its "
-    "task_id, so every such failure becomes its own summary line (_reason_key promises 'no "
-    "task ids')",
-)
 async def test_failures_without_a_message_are_grouped_under_one_reason(tmp_path: Path) -> None:
     options = {"fault_task_failed": 1.0, "failure_messages": False}
     with srv.running_server(seed=1, latency_ms=(5.0, 20.0), **options) as server:
@@ -403,7 +397,12 @@ async def test_failures_without_a_message_are_grouped_under_one_reason(tmp_path:
             tmp_path, server, make_jobs(6, tag="newt"), Limits(concurrency=6, rate=500.0, retries=0)
         )
     assert summary.failed == 6
-    assert len(summary.failed_by_reason) == 1, summary.failed_by_reason
+    assert summary.failed_by_reason == {"task failed: task failed without a message": 6}
+    # the same group as `batchgen status` shows
+    report = status_report(tmp_path)
+    assert [(g.reason, g.count) for g in report.failures] == [
+        ("task failed: task failed without a message", 6)
+    ]
 
 
 @pytest.mark.anyio
