@@ -79,7 +79,14 @@ DEFAULT_MAX_JOBS = 1_000_000
 DEFAULT_OUTPUT = "output/{name}-{date}"
 _TOP_KEYS = ("version", "name", "model", "output", "limits", "defaults", "jobs")
 _GROUP_KEYS = ("model", "prompt", "prompts_file", "matrix", "exclude", "repeat")
-_LIMIT_KEYS = ("concurrency", "rate", "retries", "timeout", "resubmit_unknown")
+_LIMIT_KEYS = (
+    "concurrency",
+    "rate",
+    "retries",
+    "timeout",
+    "resubmit_unknown",
+    "submits_in_flight",
+)
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _ERRORS_PER_KIND = 5
 # Hints for keys new users reach for.
@@ -109,6 +116,7 @@ class Limits:
     retries: int = 4  # retries per job after the first attempt
     timeout: float = 1800.0  # seconds per task from submit to end ("30m", "90s", "2h")
     resubmit_unknown: bool = True  # resubmit a submit whose outcome is unknown
+    submits_in_flight: int = 1  # submit requests awaiting their answer at once (kill window)
 
 
 @dataclass(frozen=True)
@@ -484,8 +492,8 @@ def _parse_limits(ctx: _Ctx, raw: Any) -> Limits:
         kpath = (*path, key)
         if key not in _LIMIT_KEYS:
             _unknown_key(ctx, kpath, key, _LIMIT_KEYS, "limits")
-        elif key in ("concurrency", "retries"):
-            number = _int_field(ctx, kpath, value, 1 if key == "concurrency" else 0, key)
+        elif key in ("concurrency", "retries", "submits_in_flight"):
+            number = _int_field(ctx, kpath, value, 0 if key == "retries" else 1, key)
             if number is not None:
                 values[key] = number
         elif key == "rate":

@@ -3,7 +3,8 @@
 :func:`run_jobs` takes a state file (:class:`batchgen.state.StateStore`) whose
 jobs are already recorded and drives every job to an end: it submits pending
 jobs (at most ``limits.concurrency`` remote tasks in flight, at most
-``limits.rate`` submissions per second), polls each task on an adaptive
+``limits.rate`` submissions per second, at most ``limits.submits_in_flight``
+submit requests awaiting their answer), polls each task on an adaptive
 schedule, downloads each result as soon as the task succeeds, and records every
 step in the state file before acting on it.  Jobs are read from the state file
 lazily, in pages, so memory stays small and the first submission comes at once
@@ -21,6 +22,13 @@ Outcomes by error class (see :mod:`batchgen.client`):
   ``Retry-After``, while attempts remain (``1 + limits.retries``).  A submit whose
   outcome is unknown is resubmitted and counted as ambiguous, or failed when
   ``limits.resubmit_unknown`` is false.
+
+Submits in flight: a task the provider accepted is known to the state file only once
+its submit's answer is recorded, so a SIGKILL can orphan (and the resume pay again
+for) every submit then awaiting its answer.  ``limits.submits_in_flight`` (default 1)
+bounds that to one per kill.  A submit takes one round trip and a task seconds, so
+one submit at a time still keeps ``concurrency`` tasks running while
+``rate`` x round trip < 1; raise it only for a slow submit round trip.
 """
 
 from __future__ import annotations
@@ -73,6 +81,8 @@ class LimitsLike(Protocol):
     def timeout(self) -> float: ...
     @property
     def resubmit_unknown(self) -> bool: ...
+    @property
+    def submits_in_flight(self) -> int: ...
 
 
 @dataclass
@@ -199,6 +209,10 @@ class Runner:
         self._paths: dict[str, str] = {}
         self._counts: Counter[str] = Counter()
         self._in_flight = 0  # remote tasks submitted (or being submitted) and not ended
+        # Submit requests sent and not yet answered (and recorded): a SIGKILL can orphan at most
+        # this many accepted tasks whose ids never reached the state file.
+        self._submits = 0
+        self._max_submits = max(1, limits.submits_in_flight)
         self._tasks: set[asyncio.Task[None]] = set()
         self._retry: list[tuple[float, int, str]] = []  # (ready_at monotonic, seq, job_id)
         self._scheduled: set[str] = set()  # job_ids retried: in self._retry or taken from it
@@ -332,10 +346,16 @@ class Runner:
         self._in_flight -= 1
         self._wake()
 
+    def _pool_full(self) -> bool:
+        """No new submit now: ``concurrency`` tasks in flight, or ``submits_in_flight`` submit
+        requests still awaiting their answer."""
+        return self._in_flight >= self._aimd.limit or self._submits >= self._max_submits
+
     async def _submit_job(self, job: JobRecord) -> None:
         """Submit one job, then follow its task to the end (the slot is already taken)."""
         job_id = job.job_id
         slot = True
+        answering = True  # this submit counts in self._submits until its answer is handled
         try:
             attempts = self.store.mark_submitting(job_id)
             self._scheduled.discard(job_id)
@@ -372,9 +392,15 @@ class Runner:
             # The task_id is committed before anything else happens with the task.
             self.store.mark_running(job_id, submitted.task_id, submitted.poll_url)
             self._moved("submitting", "running")
+            answering = False  # the task_id is committed: the next submit may go
+            self._submits -= 1
+            self._wake()
             slot = False  # _follow owns the slot now
             await self._follow(job_id, submitted.task_id, submitted.poll_url, time.time(), attempts)
         finally:
+            if answering:
+                self._submits -= 1
+                self._wake()
             if slot:
                 self._release_slot()
 
@@ -606,7 +632,7 @@ class Runner:
                         break
                     await self._wait_for_stop_or_change(stop_event, deadline, None)
                     continue
-                if self._in_flight >= self._aimd.limit:
+                if self._pool_full():
                     await self._wait_for_stop_or_change(stop_event, deadline, None)
                     continue
                 nxt = self._next_job()
@@ -632,12 +658,13 @@ class Runner:
                     delay > 0
                     or self._submissions_stopped()
                     or (stop_event is not None and stop_event.is_set())
-                    or self._in_flight >= self._aimd.limit
+                    or self._pool_full()
                 ):
                     self._buffer.append(job)  # not taken: back to the front of the queue
                     continue
                 self._rate.try_acquire()
                 self._in_flight += 1
+                self._submits += 1
                 self._spawn(self._submit_job(job))
         finally:
             if interrupted or deadline_hit or self._tasks:

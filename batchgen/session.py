@@ -65,6 +65,7 @@ class RunRequest:
     rate: float | None = None
     retries: int | None = None
     timeout: float | None = None
+    submits_in_flight: int | None = None
     max_runtime: float | None = None
     max_jobs: int = 1_000_000
     shard: Shard | None = None
@@ -93,7 +94,7 @@ def _limits_from(stored: Mapping[str, Any] | None, base: Limits, req: RunRequest
         known = {f.name for f in dataclasses.fields(Limits)}
         limits = dataclasses.replace(base, **{k: v for k, v in stored.items() if k in known})
     changes: dict[str, Any] = {}
-    for name in ("concurrency", "rate", "retries", "timeout"):
+    for name in ("concurrency", "rate", "retries", "timeout", "submits_in_flight"):
         value = getattr(req, name)
         if value is not None:
             changes[name] = value

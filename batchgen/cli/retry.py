@@ -51,6 +51,13 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--retries", type=_count, metavar="N", help="retries per job")
     parser.add_argument("--timeout", type=_duration, metavar="T", help="per-task deadline (30m)")
     parser.add_argument(
+        "--submits-in-flight",
+        type=_positive_int,
+        metavar="N",
+        help="submit requests awaiting their answer at once (default 1: a crash can orphan at "
+        "most one accepted task; raise it for a slow submit round trip)",
+    )
+    parser.add_argument(
         "--max-runtime", type=_duration, metavar="T", help="stop submitting after T (exit 75)"
     )
     parser.add_argument(
@@ -96,6 +103,7 @@ def handle(args: argparse.Namespace) -> int:
         rate=args.rate,
         retries=args.retries,
         timeout=args.timeout,
+        submits_in_flight=args.submits_in_flight,
         max_runtime=args.max_runtime,
         progress_bar=None if args.log_format == "text" else False,
     )
