@@ -186,7 +186,7 @@ def main() -> int:
             child = [sys.argv[0], "--child", case, sim.url, str(jobs), str(conc)]
             sim_cpu0 = sim.cpu_seconds()
             ideal = math.ceil(jobs / conc) * mean_latency(case, latency)
-            cap = str(args.cap * ideal)
+            cap = str((min(args.cap, 3.0) if args.quick else args.cap) * ideal)
             result = run_in_child(*child, "--poll-every", str(poll_every), "--cap", cap)
             sim_cpu1 = sim.cpu_seconds()
             stats = sim.stats()
