@@ -251,7 +251,7 @@ def _child_main(argv: list[str]) -> int:
     """The child: the ``run`` command's session with test-speed timing; exit code of the run."""
     import asyncio  # noqa: PLC0415
 
-    from batchgen.cli import run as cli_run  # noqa: PLC0415
+    from batchgen.cli._runargs import run_until_signal  # noqa: PLC0415
     from batchgen.progress import setup_logging  # noqa: PLC0415
     from batchgen.session import RunRequest, SessionError  # noqa: PLC0415
     from batchgen.state import RunLocked  # noqa: PLC0415
@@ -266,7 +266,7 @@ def _child_main(argv: list[str]) -> int:
         options={**FAST_OPTIONS, "seed": int(seed)},
     )
     try:
-        summary = asyncio.run(cli_run._main(req))
+        summary = asyncio.run(run_until_signal(req))
     except RunLocked as exc:
         print(f"child: {exc}", file=sys.stderr)
         return 75

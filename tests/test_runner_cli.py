@@ -93,12 +93,12 @@ def _spawn_run(manifest: Path, run_dir: Path, url: str) -> subprocess.Popen[str]
         "import asyncio, sys\n"
         "from pathlib import Path\n"
         "from batchgen.session import RunRequest, run_session\n"
-        "from batchgen.cli import run as cli_run\n"
+        "from batchgen.cli._runargs import run_until_signal\n"
         "opts = dict(first_poll=0.05, min_poll_interval=0.02, max_poll_interval=0.3,\n"
         "            backoff_base=0.02, backoff_cap=0.2, throttle_pause=0.02)\n"
         f"req = RunRequest(target=Path({str(manifest)!r}), output=Path({str(run_dir)!r}),\n"
         f"                 base_url={url!r}, options=opts, progress_bar=False)\n"
-        "summary = asyncio.run(cli_run._main(req))\n"
+        "summary = asyncio.run(run_until_signal(req))\n"
         "sys.exit(summary.exit_code)\n"
     )
     return subprocess.Popen(

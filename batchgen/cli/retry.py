@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from pathlib import Path
 from typing import Any
 
-from batchgen.cli import EXIT_INTERRUPTED, EXIT_OK, EXIT_TEMPFAIL, EXIT_USAGE
-from batchgen.cli.run import _count, _duration, _main, _positive_int, _print_summary, _rate
+from batchgen.cli import EXIT_OK, EXIT_TEMPFAIL, EXIT_USAGE
+from batchgen.cli._runargs import (
+    add_limit_arguments,
+    add_log_format_argument,
+    run_and_report,
+    run_request,
+)
 from batchgen.progress import setup_logging
 from batchgen.report import clean_text
 from batchgen.retry import RetryError, reset_for_retry
-from batchgen.session import RunRequest, SessionError
 from batchgen.state import RunLocked
 
 
@@ -46,23 +49,8 @@ def add_parser(subparsers: Any) -> None:
     )
     parser.add_argument("--simulate", action="store_true", help="use the built-in fake API")
     parser.add_argument("--base-url", metavar="URL", help="API base URL (default: as stored)")
-    parser.add_argument("--concurrency", type=_positive_int, metavar="N", help="tasks in flight")
-    parser.add_argument("--rate", type=_rate, metavar="R", help="submissions per second (4/s)")
-    parser.add_argument("--retries", type=_count, metavar="N", help="retries per job")
-    parser.add_argument("--timeout", type=_duration, metavar="T", help="per-task deadline (30m)")
-    parser.add_argument(
-        "--submits-in-flight",
-        type=_positive_int,
-        metavar="N",
-        help="submit requests awaiting their answer at once (default 1: a crash can orphan at "
-        "most one accepted task; raise it for a slow submit round trip)",
-    )
-    parser.add_argument(
-        "--max-runtime", type=_duration, metavar="T", help="stop submitting after T (exit 75)"
-    )
-    parser.add_argument(
-        "--log-format", choices=("text", "json"), default="text", help="log lines on stderr"
-    )
+    add_limit_arguments(parser, max_runtime_help="stop submitting after T (exit 75)")
+    add_log_format_argument(parser)
     parser.set_defaults(handler=handle)
 
 
@@ -95,27 +83,5 @@ def handle(args: argparse.Namespace) -> int:
         return EXIT_OK
     edited = f" ({len(plan.edited)} with an edited body)" if plan.edited else ""
     print(f"retrying {len(plan.reset)} job(s){edited}", file=sys.stderr)
-    req = RunRequest(
-        target=Path(args.run),
-        simulate=args.simulate,
-        base_url=args.base_url,
-        concurrency=args.concurrency,
-        rate=args.rate,
-        retries=args.retries,
-        timeout=args.timeout,
-        submits_in_flight=args.submits_in_flight,
-        max_runtime=args.max_runtime,
-        progress_bar=None if args.log_format == "text" else False,
-    )
-    try:
-        summary = asyncio.run(_main(req))
-    except RunLocked as exc:
-        print(f"batchgen retry: {exc}", file=sys.stderr)
-        return EXIT_TEMPFAIL
-    except SessionError as exc:
-        print(f"batchgen retry: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        return EXIT_INTERRUPTED
-    _print_summary(summary, args.log_format)
-    return summary.exit_code
+    req = run_request(args, Path(args.run))
+    return run_and_report(req, command="retry", log_format=args.log_format)

@@ -1,0 +1,140 @@
+"""What `batchgen run` and `batchgen retry` share: argument types, the run-limit options,
+running a session until a signal, and printing its outcome."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from batchgen.cli import EXIT_INTERRUPTED, EXIT_TEMPFAIL
+from batchgen.manifest import parse_duration, parse_rate
+from batchgen.runner import RunSummary
+from batchgen.session import RunRequest, SessionError, run_session
+from batchgen.state import RunLocked
+
+
+def _whole_number(text: str, *, minimum: int, underscores: bool) -> int:
+    try:
+        value = int(text.replace("_", "") if underscores else text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < minimum:
+        rule = "must not be negative" if minimum == 0 else f"must be at least {minimum}"
+        raise argparse.ArgumentTypeError(f"{rule}: {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """Argument type: a whole number >= 1 (``1_000`` allowed)."""
+    return _whole_number(text, minimum=1, underscores=True)
+
+
+def count(text: str) -> int:
+    """Argument type: a whole number >= 0."""
+    return _whole_number(text, minimum=0, underscores=False)
+
+
+def rate(text: str) -> float:
+    """Argument type: submissions per second ("4/s", "240/m")."""
+    try:
+        return parse_rate(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(
+            f"invalid rate {text!r} ({exc}); e.g. 4/s, 240/m"
+        ) from None
+
+
+def duration(text: str) -> float:
+    """Argument type: a duration of more than zero seconds ("90s", "30m", "2h")."""
+    try:
+        seconds = parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(
+            f"invalid duration {text!r} ({exc}); e.g. 90s, 30m, 2h"
+        ) from None
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError(f"must be more than zero: {text!r}")
+    return seconds
+
+
+def add_limit_arguments(parser: argparse.ArgumentParser, *, max_runtime_help: str) -> None:
+    """--concurrency, --rate, --retries, --timeout, --submits-in-flight and --max-runtime."""
+    parser.add_argument("--concurrency", type=positive_int, metavar="N", help="tasks in flight")
+    parser.add_argument("--rate", type=rate, metavar="R", help="submissions per second (4/s)")
+    parser.add_argument("--retries", type=count, metavar="N", help="retries per job")
+    parser.add_argument("--timeout", type=duration, metavar="T", help="per-task deadline (30m)")
+    parser.add_argument(
+        "--submits-in-flight",
+        type=positive_int,
+        metavar="N",
+        help="submit requests awaiting their answer at once (default 1: a crash can orphan at "
+        "most one accepted task; raise it for a slow submit round trip)",
+    )
+    parser.add_argument("--max-runtime", type=duration, metavar="T", help=max_runtime_help)
+
+
+def add_log_format_argument(parser: argparse.ArgumentParser) -> None:
+    """--log-format text|json."""
+    parser.add_argument(
+        "--log-format", choices=("text", "json"), default="text", help="log lines on stderr"
+    )
+
+
+def run_request(args: argparse.Namespace, target: Path, **extra: Any) -> RunRequest:
+    """The :class:`RunRequest` of parsed run/retry arguments (``extra``: command-specific)."""
+    return RunRequest(
+        target=target,
+        simulate=args.simulate,
+        base_url=args.base_url,
+        concurrency=args.concurrency,
+        rate=args.rate,
+        retries=args.retries,
+        timeout=args.timeout,
+        submits_in_flight=args.submits_in_flight,
+        max_runtime=args.max_runtime,
+        progress_bar=None if args.log_format == "text" else False,
+        **extra,
+    )
+
+
+async def run_until_signal(req: RunRequest) -> RunSummary:
+    """Run the session; SIGINT/SIGTERM ask it to stop cleanly."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        return await run_session(req, stop=stop)
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+def print_summary(summary: RunSummary, fmt: str) -> None:
+    """The run summary on stdout, as text or as one JSON line."""
+    if fmt == "json":
+        print(json.dumps({"event": "summary", **summary.as_dict()}, sort_keys=True))
+    else:
+        print(summary.format())
+
+
+def run_and_report(req: RunRequest, *, command: str, log_format: str) -> int:
+    """Run ``req``, print its summary (errors on stderr, prefixed ``batchgen COMMAND:``) and
+    return the exit code."""
+    try:
+        summary = asyncio.run(run_until_signal(req))
+    except RunLocked as exc:
+        print(f"batchgen {command}: {exc}", file=sys.stderr)
+        return EXIT_TEMPFAIL
+    except SessionError as exc:
+        print(f"batchgen {command}: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    print_summary(summary, log_format)
+    return summary.exit_code
