@@ -42,6 +42,7 @@ from batchgen.state import (
     SCHEMA_VERSION,
     StateError,
     StateVersionError,
+    connect_readonly,
     state_path,
 )
 
@@ -225,16 +226,8 @@ def open_readonly_db(run: Path) -> sqlite3.Connection:
     Raises :class:`StateError` when there is no usable state file.
     """
     path = state_path(Path(run))
-    if not path.exists():
-        raise StateError(f"no state file at {path}")
     try:
-        conn = sqlite3.connect(
-            f"{path.resolve().as_uri()}?mode=ro",
-            uri=True,
-            isolation_level=None,
-            check_same_thread=False,
-        )
-        conn.execute("PRAGMA busy_timeout = 5000")
+        conn = connect_readonly(path)
         row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
     except sqlite3.DatabaseError as exc:
         raise StateError(f"{path} is not a readable batchgen state file: {exc}") from exc

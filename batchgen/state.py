@@ -56,6 +56,7 @@ __all__ = [
     "StateWriteError",
     "SyncResult",
     "acquire_run_lock",
+    "connect_readonly",
     "lock_holder",
     "make_run_dir",
     "state_path",
@@ -338,6 +339,25 @@ _INSERT_JOB = (
 )
 
 
+def connect_readonly(path: Path) -> sqlite3.Connection:
+    """A read-only (``mode=ro`` URI) connection to the state file ``path``, which a run may be
+    writing at the same time.
+
+    Raises :class:`StateError` when there is no such file; :class:`sqlite3.DatabaseError`
+    passes through for the caller to word.
+    """
+    if not path.exists():
+        raise StateError(f"no state file at {path}")
+    conn = sqlite3.connect(
+        f"{path.resolve().as_uri()}?mode=ro",
+        uri=True,
+        isolation_level=None,
+        check_same_thread=False,
+    )
+    conn.execute("PRAGMA busy_timeout = 5000")
+    return conn
+
+
 class StateStore:
     """The state file of one run directory.
 
@@ -400,16 +420,8 @@ class StateStore:
     def open_readonly(cls, run: Path) -> StateStore:
         """Open a state file (or run directory) for reading, while a run may be writing it."""
         path = state_path(run)
-        if not path.exists():
-            raise StateError(f"no state file at {path}")
         try:
-            conn = sqlite3.connect(
-                f"{path.resolve().as_uri()}?mode=ro",
-                uri=True,
-                isolation_level=None,
-                check_same_thread=False,
-            )
-            conn.execute("PRAGMA busy_timeout = 5000")
+            conn = connect_readonly(path)
             store = cls(conn, path, readonly=True)
             store._check_version()
         except sqlite3.DatabaseError as exc:
