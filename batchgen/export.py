@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Literal
 
-from batchgen.output import metadata_record, rebuild_metadata
+from batchgen.output import metadata_record, open_atomic, rebuild_metadata
 from batchgen.report import open_readonly_db
 from batchgen.state import DONE, JobRecord, StateStore, acquire_run_lock, state_path
 
@@ -209,19 +209,8 @@ def write_csv(
 @contextlib.contextmanager
 def write_atomic(path: Path) -> Iterator[IO[str]]:
     """A text file written in full or not at all (temp file + fsync + rename)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    with open_atomic(Path(path), "w", perms=0o644) as f:
+        yield f
 
 
 def rebuild_run_metadata(run: Path) -> int:

@@ -24,7 +24,7 @@ import math
 import os
 import re
 import string
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from json.encoder import c_make_encoder, encode_basestring  # type: ignore[attr-defined]
 from pathlib import Path
@@ -198,6 +198,13 @@ def parse_duration(value: Any) -> float:
     if not math.isfinite(seconds) or seconds <= 0:
         raise ValueError(f"found {short(value)}, which is not more than zero")
     return seconds
+
+
+# Limits given as text: the parser of each and what it expects.
+_PARSED_LIMITS: dict[str, tuple[Callable[[Any], float], str]] = {
+    "rate": (parse_rate, 'submissions per second as a number, or "4/s", "240/m", "1/h"'),
+    "timeout": (parse_duration, 'seconds as a number, or "90s", "30m", "2h", "1h30m"'),
+}
 
 
 # --------------------------------------------------------------------------- compiled groups
@@ -496,24 +503,12 @@ def _parse_limits(ctx: _Ctx, raw: Any) -> Limits:
             number = _int_field(ctx, kpath, value, 0 if key == "retries" else 1, key)
             if number is not None:
                 values[key] = number
-        elif key == "rate":
+        elif key in _PARSED_LIMITS:
+            parse, expected = _PARSED_LIMITS[key]
             try:
-                values[key] = parse_rate(value)
+                values[key] = parse(value)
             except ValueError as exc:
-                ctx.error(
-                    kpath,
-                    f"rate: {exc}",
-                    expected='submissions per second as a number, or "4/s", "240/m", "1/h"',
-                )
-        elif key == "timeout":
-            try:
-                values[key] = parse_duration(value)
-            except ValueError as exc:
-                ctx.error(
-                    kpath,
-                    f"timeout: {exc}",
-                    expected='seconds as a number, or "90s", "30m", "2h", "1h30m"',
-                )
+                ctx.error(kpath, f"{key}: {exc}", expected=expected)
         elif not isinstance(value, bool):
             ctx.error(kpath, f"resubmit_unknown is {type_name(value)}", expected="true or false")
         else:

@@ -22,7 +22,7 @@ import struct
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, BinaryIO
+from typing import IO, Any, BinaryIO, Literal
 
 from batchgen.state import DONE, JobRecord, ResultInfo, StateStore
 
@@ -33,6 +33,7 @@ __all__ = [
     "OutputDir",
     "check_image",
     "metadata_record",
+    "open_atomic",
     "rebuild_metadata",
     "sniff_format",
 ]
@@ -356,19 +357,18 @@ def _sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def rebuild_metadata(store: StateStore, run_dir: Path) -> int:
-    """Rewrite ``metadata.jsonl`` from the state file (atomically); returns the line count."""
-    run_dir = Path(run_dir)
-    path = run_dir / METADATA_NAME
-    tmp = run_dir / f".{METADATA_NAME}.{os.getpid()}.tmp"
-    n = 0
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+@contextlib.contextmanager
+def open_atomic(path: Path, mode: Literal["w", "wb"], *, perms: int) -> Iterator[IO[Any]]:
+    """A file written in full or not at all: a temp file next to ``path`` (created with
+    ``perms``), flushed, fsynced and renamed over ``path`` when the block ends without error,
+    removed otherwise.  Text mode ``"w"`` writes UTF-8 without newline translation."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, perms)
     try:
-        with os.fdopen(fd, "wb") as f:
-            for job in store.iter_jobs([DONE]):
-                if job.result_path:
-                    f.write(_line(metadata_record(job)))
-                    n += 1
+        f = os.fdopen(fd, "w", encoding="utf-8", newline="") if mode == "w" else os.fdopen(fd, "wb")
+        with f:
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -376,5 +376,16 @@ def rebuild_metadata(store: StateStore, run_dir: Path) -> int:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def rebuild_metadata(store: StateStore, run_dir: Path) -> int:
+    """Rewrite ``metadata.jsonl`` from the state file (atomically); returns the line count."""
+    run_dir = Path(run_dir)
+    n = 0
+    with open_atomic(run_dir / METADATA_NAME, "wb", perms=0o600) as f:
+        for job in store.iter_jobs([DONE]):
+            if job.result_path:
+                f.write(_line(metadata_record(job)))
+                n += 1
     _fsync_dir(run_dir)
     return n
