@@ -34,9 +34,11 @@ from batchgen.state import StateStore
 try:  # `python -m pytest` from the checkout, or tests/ as a package
     from tests.independent_api import server as srv
     from tests.independent_api.imagecheck import check_image
+    from tests.independent_api.run_fast import FAST_OPTIONS
 except ModuleNotFoundError:  # plain `pytest`: tests/ itself is on sys.path
     from independent_api import server as srv  # type: ignore[no-redef]
     from independent_api.imagecheck import check_image  # type: ignore[no-redef]
+    from independent_api.run_fast import FAST_OPTIONS  # type: ignore[no-redef]
 
 MODEL = "openai/gpt-image-1.5"
 REPO = Path(__file__).resolve().parent.parent
@@ -74,17 +76,11 @@ def make_jobs(n: int, *, tag: str = "lighthouse") -> list[Job]:
 def fast_options(**changes: Any) -> RunOptions:
     """Runner timing scaled to a server whose tasks last tens to hundreds of ms."""
     values: dict[str, Any] = {
-        "first_poll": 0.02,
-        "min_poll_interval": 0.01,
-        "max_poll_interval": 0.1,
-        "backoff_base": 0.005,
-        "backoff_cap": 0.05,
-        "throttle_pause": 0.01,
-        "progress_interval": 0.05,
+        **FAST_OPTIONS,
         "max_runtime": 60.0,  # a safety net: the test fails on exit 75, never hangs
         "seed": 3,
+        **changes,
     }
-    values.update(changes)
     return RunOptions(**values)
 
 
@@ -150,6 +146,19 @@ def check_outputs(run_dir: Path, server: srv.ServerHandle) -> dict[str, int]:
     return dict(Counter(job.state for job in rows.values()))
 
 
+async def run_and_check(
+    run_dir: Path, jobs: list[Job], limits: Limits, **server_options: Any
+) -> tuple[RunSummary, dict[str, int], dict[str, Any]]:
+    """Run ``jobs`` once against a server started with ``server_options`` and check the
+    outputs (:func:`check_outputs`); returns the summary, the count of jobs per state and the
+    server's stats."""
+    with srv.running_server(**server_options) as server:
+        summary = await run_once(run_dir, server, jobs, limits)
+        counts = check_outputs(run_dir, server)
+        stats = server.stats.snapshot()
+    return summary, counts, stats
+
+
 def unexplained_tasks(server: srv.ServerHandle, run_dir: Path) -> dict[str, int]:
     """Reconcile every task the server accepted with the state file's jobs and events.
 
@@ -203,10 +212,9 @@ def unexplained_tasks(server: srv.ServerHandle, run_dir: Path) -> dict[str, int]
 @pytest.mark.anyio
 async def test_clean_run_downloads_every_image_exactly_once(tmp_path: Path) -> None:
     jobs = make_jobs(50, tag="phare · 灯台 ☕")
-    with srv.running_server(seed=1, latency_ms=(10.0, 150.0)) as server:
-        summary = await run_once(tmp_path, server, jobs, Limits(concurrency=16, rate=500.0))
-        counts = check_outputs(tmp_path, server)
-        stats = server.stats.snapshot()
+    summary, counts, stats = await run_and_check(
+        tmp_path, jobs, Limits(concurrency=16, rate=500.0), seed=1, latency_ms=(10.0, 150.0)
+    )
     assert summary.exit_code == 0, summary.format()
     assert counts == {"done": 50}
     assert stats["accepted_tasks"] == 50
@@ -222,9 +230,14 @@ async def test_clean_run_downloads_every_image_exactly_once(tmp_path: Path) -> N
 @pytest.mark.anyio
 async def test_jpeg_results_are_kept_as_valid_jpeg_files(tmp_path: Path) -> None:
     jobs = make_jobs(6, tag="teacup")
-    with srv.running_server(seed=2, jpeg_rate=1.0, latency_ms=(10.0, 50.0)) as server:
-        summary = await run_once(tmp_path, server, jobs, Limits(concurrency=4, rate=500.0))
-        counts = check_outputs(tmp_path, server)
+    summary, counts, _ = await run_and_check(
+        tmp_path,
+        jobs,
+        Limits(concurrency=4, rate=500.0),
+        seed=2,
+        jpeg_rate=1.0,
+        latency_ms=(10.0, 50.0),
+    )
     assert summary.exit_code == 0, summary.format()
     assert counts == {"done": 6}
     assert {Path(name).suffix for name in os.listdir(tmp_path / "images")} <= {".jpg", ".jpeg"}
@@ -294,12 +307,14 @@ async def test_every_fault_kind_at_10_percent_over_many_jobs(tmp_path: Path, see
 
 @pytest.mark.anyio
 async def test_unknown_status_words_count_as_still_running(tmp_path: Path) -> None:
-    with srv.running_server(seed=8, latency_ms=(80.0, 160.0), fault_unknown_status=0.6) as server:
-        summary = await run_once(
-            tmp_path, server, make_jobs(8, tag="owl"), Limits(concurrency=8, rate=500.0)
-        )
-        counts = check_outputs(tmp_path, server)
-        stats = server.stats.snapshot()
+    summary, counts, stats = await run_and_check(
+        tmp_path,
+        make_jobs(8, tag="owl"),
+        Limits(concurrency=8, rate=500.0),
+        seed=8,
+        latency_ms=(80.0, 160.0),
+        fault_unknown_status=0.6,
+    )
     assert summary.exit_code == 0, summary.format()
     assert counts == {"done": 8}
     assert stats["faults"]["unknown_status"] > 0
@@ -314,12 +329,14 @@ async def test_rate_limit_hints_are_honoured_in_every_form(tmp_path: Path, style
     # Retry-After as an HTTP date, as seconds, or only X-RateLimit-Reset (epoch seconds).
     # The server counts submits that arrive before the instant it advertised.
     options = {"first_submits_429": 1, "retry_after": 1.2, "retry_after_style": style}
-    with srv.running_server(seed=1, latency_ms=(10.0, 30.0), **options) as server:
-        summary = await run_once(
-            tmp_path, server, make_jobs(3, tag="gull"), Limits(concurrency=1, rate=500.0)
-        )
-        counts = check_outputs(tmp_path, server)
-        stats = server.stats.snapshot()
+    summary, counts, stats = await run_and_check(
+        tmp_path,
+        make_jobs(3, tag="gull"),
+        Limits(concurrency=1, rate=500.0),
+        seed=1,
+        latency_ms=(10.0, 30.0),
+        **options,
+    )
     assert summary.exit_code == 0, summary.format()
     assert counts == {"done": 3}
     assert stats["faults"] == {"429": 1}
@@ -356,15 +373,14 @@ async def test_resubmit_unknown_false_fails_lost_answers_instead_of_paying_twice
     tmp_path: Path,
 ) -> None:
     options = {"fault_drop_after_accept": 0.2, "fault_504_after_accept": 0.2}
-    with srv.running_server(seed=3, latency_ms=(10.0, 50.0), **options) as server:
-        summary = await run_once(
-            tmp_path,
-            server,
-            make_jobs(12, tag="wren"),
-            Limits(concurrency=4, rate=500.0, resubmit_unknown=False),
-        )
-        counts = check_outputs(tmp_path, server)
-        stats = server.stats.snapshot()
+    summary, counts, stats = await run_and_check(
+        tmp_path,
+        make_jobs(12, tag="wren"),
+        Limits(concurrency=4, rate=500.0, resubmit_unknown=False),
+        seed=3,
+        latency_ms=(10.0, 50.0),
+        **options,
+    )
     assert stats["orphaned_tasks"] > 0
     assert set(stats["accepted_per_body"].values()) == {1}  # nothing paid twice
     assert counts == {"done": 12 - stats["orphaned_tasks"], "failed": stats["orphaned_tasks"]}
@@ -489,6 +505,41 @@ async def test_key_revoked_mid_run_exits_3_and_the_next_run_polls_the_recorded_t
 # ----------------------------------------------------------------------------- resume
 
 
+def submit_outside_the_runner(
+    server: srv.ServerHandle, job: Job
+) -> tuple[dict[str, Any], srv.TaskRecord]:
+    """Submit ``job`` straight to the server (as a run killed before it finished would have);
+    returns the answer's ``data`` and the server's record of the task."""
+    with httpx.Client(headers={"Authorization": f"Bearer {server.api_key}"}) as api:
+        data: dict[str, Any] = api.post(server.submit_url(), json=job.body).json()["data"]
+    (task,) = server.tasks()
+    return data, task
+
+
+def sleep_until(instant: float) -> None:
+    """Sleep until ``time.monotonic()`` passes ``instant`` (bounded: two seconds at most)."""
+    for _ in range(200):
+        if time.monotonic() > instant:
+            break
+        time.sleep(0.01)
+
+
+def record_left_in(
+    run_dir: Path, job: Job, left_in: str, task_id: str, poll_url: str | None
+) -> None:
+    """The state file of a run killed with ``job`` submitted as ``task_id`` and left in
+    ``left_in`` ("running" or "downloading")."""
+    store = StateStore.open(run_dir, settings={"model": MODEL})
+    try:
+        store.sync_jobs([job])
+        store.mark_submitting(job.job_id)
+        store.mark_running(job.job_id, task_id, poll_url)
+        if left_in == "downloading":
+            store.mark_downloading(job.job_id, "task succeeded")
+    finally:
+        store.close()
+
+
 @pytest.mark.anyio
 @pytest.mark.parametrize("left_in", ["running", "downloading"])
 async def test_resumed_task_survives_a_failed_poll_without_being_paid_twice(
@@ -498,22 +549,9 @@ async def test_resumed_task_survives_a_failed_poll_without_being_paid_twice(
     with srv.running_server(seed=3, latency_ms=(5.0, 20.0)) as server:
         # A previous run submitted the job, recorded its task and was killed while it was
         # `left_in` that state; the task has since succeeded.
-        with httpx.Client(headers={"Authorization": f"Bearer {server.api_key}"}) as api:
-            data = api.post(server.submit_url(), json=job.body).json()["data"]
-        (task,) = server.tasks()
-        for _ in range(200):  # bounded: the task lasts at most 20 ms
-            if time.monotonic() > task.finish_at:
-                break
-            time.sleep(0.01)
-        store = StateStore.open(tmp_path, settings={"model": MODEL})
-        try:
-            store.sync_jobs([job])
-            store.mark_submitting(job.job_id)
-            store.mark_running(job.job_id, data["task_id"], data["get_result"]["url"])
-            if left_in == "downloading":
-                store.mark_downloading(job.job_id, "task succeeded")
-        finally:
-            store.close()
+        data, task = submit_outside_the_runner(server, job)
+        sleep_until(task.finish_at)  # the task lasts at most 20 ms
+        record_left_in(tmp_path, job, left_in, data["task_id"], data["get_result"]["url"])
         server.options.first_polls_fail = 1  # the resumed run's first poll meets a 503
         summary = await run_once(tmp_path, server, None, Limits(concurrency=2, rate=500.0))
         counts = check_outputs(tmp_path, server)
@@ -529,22 +567,10 @@ async def test_resumed_task_survives_a_failed_poll_without_being_paid_twice(
 async def test_resumed_task_whose_result_url_expired_is_generated_again(tmp_path: Path) -> None:
     (job,) = make_jobs(1, tag="expired")
     with srv.running_server(seed=4, latency_ms=(5.0, 10.0), result_ttl=0.05) as server:
-        with httpx.Client(headers={"Authorization": f"Bearer {server.api_key}"}) as api:
-            data = api.post(server.submit_url(), json=job.body).json()["data"]
-        (task,) = server.tasks()
-        for _ in range(200):  # bounded: until the result URL has expired (60 ms at most)
-            if time.monotonic() > task.expires_at:
-                break
-            time.sleep(0.01)
+        data, task = submit_outside_the_runner(server, job)
+        sleep_until(task.expires_at)  # until the result URL has expired (60 ms at most)
         server.options.result_ttl = 3600.0  # the new task's URL lives
-        store = StateStore.open(tmp_path, settings={"model": MODEL})
-        try:
-            store.sync_jobs([job])
-            store.mark_submitting(job.job_id)
-            store.mark_running(job.job_id, data["task_id"], data["get_result"]["url"])
-            store.mark_downloading(job.job_id, "task succeeded")
-        finally:
-            store.close()
+        record_left_in(tmp_path, job, "downloading", data["task_id"], data["get_result"]["url"])
         summary = await run_once(tmp_path, server, None, Limits(concurrency=2, rate=500.0))
         counts = check_outputs(tmp_path, server)
         stats = server.stats.snapshot()
@@ -564,15 +590,7 @@ async def test_recorded_task_the_provider_no_longer_knows_is_submitted_again(
 ) -> None:
     (job,) = make_jobs(1, tag="purged")
     with srv.running_server(seed=4, latency_ms=(5.0, 20.0)) as server:
-        store = StateStore.open(tmp_path, settings={"model": MODEL})
-        try:
-            store.sync_jobs([job])
-            store.mark_submitting(job.job_id)
-            store.mark_running(job.job_id, "task-openai-purged", None)
-            if left_in == "downloading":
-                store.mark_downloading(job.job_id, "task succeeded")
-        finally:
-            store.close()
+        record_left_in(tmp_path, job, left_in, "task-openai-purged", None)
         summary = await run_once(tmp_path, server, None, Limits(concurrency=2, rate=500.0))
         counts = check_outputs(tmp_path, server)
         stats = server.stats.snapshot()
