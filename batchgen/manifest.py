@@ -323,6 +323,8 @@ class Manifest:
     default_model: str | None
     defaults: dict[str, Any]
     warnings: list[Diagnostic] = field(default_factory=list)
+    prompts_files: list[Path] = field(default_factory=list)
+    """Every prompts file the manifest read (resolved paths, in group order, no repeats)."""
     _groups: list[_Group] = field(default_factory=list, repr=False)
 
     @property
@@ -627,6 +629,7 @@ class _Loader:
         self.max_jobs = max_jobs
         self._template_sources: dict[int, PathT] = {}
         self._once_seen: set[tuple[str, ...]] = set()
+        self._files: dict[Path, None] = {}  # prompts files read, in order
 
     def load(self) -> Manifest:
         ctx, data = self.ctx, self.data
@@ -678,6 +681,7 @@ class _Loader:
             raise ManifestError(ctx.sorted())
         manifest.warnings = [d for d in ctx.sorted() if not d.is_error]
         manifest._groups = groups
+        manifest.prompts_files = list(self._files)
         return manifest
 
     # ----------------------------------------------------------------- groups
@@ -1040,6 +1044,7 @@ class _Loader:
         target = Path(raw).expanduser()
         if not target.is_absolute():
             target = self.path.parent / target
+        self._files[target] = None
         try:
             rows, diags = read_prompts(target, raw)
         except PromptsFileProblem as exc:

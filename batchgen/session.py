@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as _dt
+import hashlib
+import json
 import logging
 import os
 import time
@@ -29,9 +31,11 @@ from batchgen.shard import Shard, filter_shard, shard_run_dir
 from batchgen.state import DB_NAME, StateError, StateStore, acquire_run_lock
 
 __all__ = [
+    "FINGERPRINT_KEY",
     "SIMULATE_TIME_SCALE",
     "RunRequest",
     "SessionError",
+    "manifest_fingerprint",
     "resolve_target",
     "run_session",
 ]
@@ -41,6 +45,9 @@ logger = logging.getLogger("batchgen.run")
 #: ``--simulate`` runs the simulator this much faster than real time (task latency), and
 #: multiplies the manifest's rate limit by its inverse, so the demo ends in seconds.
 SIMULATE_TIME_SCALE = 0.1
+
+#: The run settings' key of the fingerprint of the manifest the jobs were last synced from.
+FINGERPRINT_KEY = "manifest_fingerprint"
 
 
 class SessionError(Exception):
@@ -206,26 +213,7 @@ async def _locked(
             )
         store.update_settings(settings)
         if manifest is not None:
-            t0 = time.perf_counter()
-            sync = store.sync_jobs(filter_shard(manifest.iter_jobs(), req.shard))
-            logger.info(
-                "run directory %s: %d jobs (%d new)%s",
-                run_dir,
-                sync.total,
-                sync.added,
-                f"; {sync.inactive} jobs no longer in the manifest are left as they are"
-                if sync.inactive
-                else "",
-                extra={
-                    "data": {
-                        "event": "jobs",
-                        "total": sync.total,
-                        "added": sync.added,
-                        "not_in_manifest": sync.inactive,
-                        "seconds": round(time.perf_counter() - t0, 3),
-                    }
-                },
-            )
+            _sync_manifest(store, manifest, req, run_dir, stored.get(FINGERPRINT_KEY))
         output = OutputDir(run_dir)
         try:
             cleaned = output.prepare(store)
@@ -268,6 +256,76 @@ async def _locked(
         return summary
     finally:
         store.close()
+
+
+def manifest_fingerprint(manifest: Manifest, *, max_jobs: int, shard: Shard | None) -> str | None:
+    """sha256 of everything the manifest's jobs come from: the manifest file's bytes, every
+    prompts file's bytes, the models' schemas (defaults), ``max_jobs`` and the shard.  ``None``
+    when a file cannot be read again."""
+    h = hashlib.sha256(b"batchgen-manifest-fingerprint-1\0")
+    try:
+        for path in (manifest.path, *manifest.prompts_files):
+            data = Path(path).read_bytes()
+            h.update(f"{len(data)}\0".encode())
+            h.update(data)
+    except OSError:
+        return None
+    for model in manifest.models:
+        schema = json.dumps(manifest.model_schema(model).schema, sort_keys=True)
+        h.update(f"{model}\0{schema}\0".encode())
+    h.update(f"max_jobs={max_jobs}\0shard={shard}\0".encode())
+    return h.hexdigest()
+
+
+def _sync_manifest(
+    store: StateStore, manifest: Manifest, req: RunRequest, run_dir: Path, stored_fp: Any
+) -> None:
+    """Record the manifest's jobs in the state file, unless the state file already holds them:
+    its stored fingerprint (:func:`manifest_fingerprint`) matches and the file still has as
+    many jobs, as many of them inactive, as that sync left (``batchgen retry`` may make a job
+    active again), so neither expansion nor comparison of every job is needed."""
+    t0 = time.perf_counter()
+    # Hashed before expanding: a file edited during the sync leaves a fingerprint that does not
+    # match the edited file, so the next run syncs again.
+    fingerprint = manifest_fingerprint(manifest, max_jobs=req.max_jobs, shard=req.shard)
+    total = sum(store.counts().values())
+    inactive = sum(store.count_inactive().values())
+    current = {"sha256": fingerprint, "jobs": total, "inactive": inactive}
+    if fingerprint is not None and current == stored_fp:
+        logger.info(
+            "run directory %s: manifest unchanged since the last run; jobs not re-read",
+            run_dir,
+            extra={
+                "data": {
+                    "event": "jobs",
+                    "synced": False,
+                    "seconds": round(time.perf_counter() - t0, 3),
+                }
+            },
+        )
+        return
+    sync = store.sync_jobs(filter_shard(manifest.iter_jobs(), req.shard))
+    after = {"sha256": fingerprint, "jobs": sync.total, "inactive": sync.inactive}
+    store.update_settings({FINGERPRINT_KEY: after if fingerprint is not None else None})
+    logger.info(
+        "run directory %s: %d jobs (%d new)%s",
+        run_dir,
+        sync.total,
+        sync.added,
+        f"; {sync.inactive} jobs no longer in the manifest are left as they are"
+        if sync.inactive
+        else "",
+        extra={
+            "data": {
+                "event": "jobs",
+                "synced": True,
+                "total": sync.total,
+                "added": sync.added,
+                "not_in_manifest": sync.inactive,
+                "seconds": round(time.perf_counter() - t0, 3),
+            }
+        },
+    )
 
 
 def _make_client(
