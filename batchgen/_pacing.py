@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import time
+from collections.abc import Callable
 
 __all__ = ["AimdLimit", "RateLimiter", "backoff_delay"]
 
@@ -18,22 +20,55 @@ def backoff_delay(
 
 
 class RateLimiter:
-    """At most ``rate`` acquisitions per second (bucket of ``burst``), and a pause everybody
-    honours (a 429's ``Retry-After``)."""
+    """At most ``rate`` acquisitions per second (bucket of ``burst``), and one shared pause
+    everybody honours after a 429 (its ``Retry-After``).
 
-    def __init__(self, rate: float, *, burst: float | None = None) -> None:
+    A throttle *window* is a pause and a recovery span of the same length after it.  429s
+    answering submits sent before the pause ended (already on their way, or admitted before
+    it began) belong to that window and neither extend nor restart the pause; 429s answering
+    submits sent in the recovery span do not either, unless several come in a row (the
+    provider still refuses everything: ``storm``).  So random 429s cost one pause per window,
+    not one per answer, while a provider that keeps answering 429 gets a pause after each
+    recovery span.  Nothing is ever acquired before a pause ends."""
+
+    def __init__(
+        self,
+        rate: float,
+        *,
+        burst: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         if rate <= 0:
             raise ValueError("rate must be positive")
         self.rate = float(rate)
         self.burst = float(burst if burst is not None else max(1.0, min(rate, 10.0)))
+        self._clock = clock
         self._tokens = self.burst
-        self._stamp = time.monotonic()
-        self.pause_until = 0.0
+        self._stamp = clock()
+        self.pause_until = -math.inf
+        self.window_until = -math.inf  # end of the last pause's recovery span
+        self.pauses = 0  # pauses started
 
     def pause(self, seconds: float) -> None:
         """Hold every acquisition for ``seconds`` from now (extends, never shortens, a pause)."""
-        self.pause_until = max(self.pause_until, time.monotonic() + max(seconds, 0.0))
+        now = self._clock()
+        seconds = max(seconds, 0.0)
+        self.pause_until = max(self.pause_until, now + seconds)
+        self.window_until = max(self.window_until, self.pause_until + seconds)
         self._tokens = min(self._tokens, 1.0)  # no burst right after a pause
+
+    def throttled(self, seconds: float, *, sent_at: float, storm: bool = False) -> bool:
+        """A 429 answering a submit sent at ``sent_at`` (this limiter's clock): start a shared
+        pause of ``seconds`` and return True, unless the 429 belongs to the current throttle
+        window (see the class) and ``storm`` is false; a submit sent before the current or
+        last pause ended never starts one."""
+        if sent_at < self.pause_until:
+            return False
+        if sent_at < self.window_until and not storm:
+            return False
+        self.pause(seconds)
+        self.pauses += 1
+        return True
 
     def _refill(self, now: float) -> None:
         self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
@@ -41,7 +76,7 @@ class RateLimiter:
 
     def delay(self) -> float:
         """Seconds until an acquisition could succeed (0 when one is available now)."""
-        now = time.monotonic()
+        now = self._clock()
         if now < self.pause_until:
             return self.pause_until - now
         self._refill(now)
@@ -61,16 +96,17 @@ class RateLimiter:
 
 
 class AimdLimit:
-    """The concurrency limit: halved on a 429 (at most once per ``cooldown`` seconds), grown back
-    by one per ``limit`` successful submissions up to ``maximum``."""
+    """The concurrency limit: multiplied by ``factor`` on a throttle window (the caller calls
+    :meth:`on_throttle` once per window), grown back by one per successful submission, so
+    ``maximum - limit`` successes bring it back to ``maximum``."""
 
-    def __init__(self, maximum: int, *, cooldown: float = 1.0, minimum: int = 1) -> None:
+    def __init__(self, maximum: int, *, factor: float = 0.5, minimum: int = 1) -> None:
         self.maximum = max(1, int(maximum))
         self.minimum = max(1, min(minimum, self.maximum))
+        self.factor = factor
         self.value = float(self.maximum)
-        self.cooldown = cooldown
-        self._last_cut = -1e18
         self.decreases = 0
+        self.lowest = self.maximum  # the lowest limit reached
 
     @property
     def limit(self) -> int:
@@ -78,14 +114,12 @@ class AimdLimit:
         return max(self.minimum, int(self.value))
 
     def on_throttle(self) -> None:
-        """A 429: multiplicative decrease (once per cooldown window)."""
-        now = time.monotonic()
-        if now - self._last_cut >= self.cooldown:
-            self.value = max(float(self.minimum), self.value / 2.0)
-            self._last_cut = now
-            self.decreases += 1
+        """A new throttle window: multiplicative decrease."""
+        self.value = max(float(self.minimum), self.value * self.factor)
+        self.decreases += 1
+        self.lowest = min(self.lowest, self.limit)
 
     def on_success(self) -> None:
-        """An accepted submission: additive increase towards the maximum."""
+        """An accepted submission: additive increase (one slot) towards the maximum."""
         if self.value < self.maximum:
-            self.value = min(float(self.maximum), self.value + 1.0 / max(self.value, 1.0))
+            self.value = min(float(self.maximum), self.value + 1.0)

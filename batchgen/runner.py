@@ -12,8 +12,12 @@ however many jobs the file holds.
 
 Outcomes by error class (see :mod:`batchgen.client`):
 
-* 429: the job goes back to the queue without using an attempt; everybody pauses
-  (``Retry-After`` or a backoff) and the concurrency limit is halved (AIMD).
+* 429: the job goes back to the queue without using an attempt and is submitted again
+  once the shared pause ends.  A 429 starts that pause (``Retry-After`` or a backoff) and
+  halves the concurrency limit only when it opens a new throttle window
+  (:class:`batchgen._pacing.RateLimiter`): 429s answering submits sent before the pause
+  ended, or in the recovery span after it, neither restart the pause nor cut the limit
+  again; each accepted submit grows the limit back by one (AIMD).
 * 400: the job is ``rejected``; never retried.
 * 401, 402, 404 on submit, bad configuration: no new submission at all; tasks
   already running are still polled and downloaded; exit code 3.
@@ -103,7 +107,10 @@ class RunOptions:
     """First retry waits up to this many seconds (full jitter), doubling per attempt."""
     backoff_cap: float = 60.0
     throttle_pause: float = 1.0
-    """Pause after a 429 that carries no Retry-After (doubles while 429s continue)."""
+    """Pause after a 429 that carries no Retry-After (doubles while 429s come in a row)."""
+    throttle_storm: int = 3
+    """This many 429s in a row (no accepted submit between) start a new pause even in the
+    recovery span after the last one: the provider still refuses everything."""
     download_retries: int = 4
     """Retries of a download (same URL) after a network/server error, before resubmitting."""
     max_throttles: int = 50
@@ -133,6 +140,12 @@ class RunSummary:
     retries: int = 0
     ambiguous_resubmits: int = 0
     throttled: int = 0
+    throttle_pauses: int = 0
+    """Shared pauses started by 429s (one per throttle window, however many 429s it had)."""
+    concurrency_decreases: int = 0
+    concurrency_lowest: int = 0
+    concurrency_limit: int = 0
+    """The concurrency limit (AIMD) when the run ended."""
     polls: int = 0
     downloads: int = 0
     recovered_submitting: int = 0
@@ -361,20 +374,22 @@ class Runner:
             self._scheduled.discard(job_id)
             self._moved("pending", "submitting")
             self.summary.submitted += 1
+            sent_at = time.monotonic()
             try:
                 submitted = await self.client.submit(self._submit_path(job.model), job.body)
             except RateLimited as exc:
                 self.summary.throttled += 1
                 self._throttles[job_id] += 1
                 self._throttle_streak += 1
-                self._aimd.on_throttle()
                 pause = exc.retry_after
                 if pause is None:
                     pause = min(
                         self.opts.backoff_cap,
                         self.opts.throttle_pause * 2 ** min(self._throttle_streak - 1, 6),
                     )
-                self._rate.pause(pause)
+                storm = self._throttle_streak >= self.opts.throttle_storm
+                if self._rate.throttled(pause, sent_at=sent_at, storm=storm):
+                    self._aimd.on_throttle()  # one multiplicative decrease per window
                 if self._throttles[job_id] >= self.opts.max_throttles:
                     self._fail(
                         job_id, "submitting", f"rate limited {self._throttles[job_id]} times"
@@ -686,6 +701,8 @@ class Runner:
         s.rejected, s.expired = counts["rejected"], counts["expired"]
         s.duration = time.monotonic() - started
         s.images_per_minute = s.downloads / s.duration * 60 if s.duration > 0 else 0.0
+        s.throttle_pauses, s.concurrency_decreases = self._rate.pauses, self._aimd.decreases
+        s.concurrency_lowest, s.concurrency_limit = self._aimd.lowest, self._aimd.limit
         left = sum(counts[k] for k in ("pending", "submitting", "running", "downloading"))
         if interrupted:
             s.exit_code, s.stop_reason = EXIT_CODES["interrupted"], "interrupted"
