@@ -76,6 +76,7 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+_httpx_logger = logging.getLogger("httpx")
 
 DEFAULT_BASE_URL = "https://api.modellix.ai"
 ENV_API_KEY = "MODELLIX_API_KEY"
@@ -310,6 +311,7 @@ def _proxies_configured() -> bool:
     return any(proxies.get(scheme) for scheme in ("http", "https", "all"))
 
 
+@functools.lru_cache(maxsize=256)
 def _is_loopback_host(host: str) -> bool:
     host = host.lower().rstrip(".")
     if host == "localhost":
@@ -323,7 +325,7 @@ def _is_loopback_host(host: str) -> bool:
 def _safe_url_for_message(url: str) -> str:
     """A URL shortened for messages: no user info, query or fragment, at most 120 chars."""
     try:
-        parsed = httpx.URL(url)
+        parsed = _parsed_url(url)
         shown = f"{parsed.scheme}://{parsed.host}" if parsed.host else "(no host)"
         if parsed.port is not None:
             shown += f":{parsed.port}"
@@ -378,7 +380,7 @@ def _origin_of(url: str) -> _Origin | None:
     """The origin of a URL string (``None`` if it does not parse); cached: every poll of a
     task checks the same poll URL, and httpx's URL parser is slow."""
     try:
-        return _origin(httpx.URL(url))
+        return _origin(_parsed_url(url))
     except Exception:
         return None
 
@@ -410,6 +412,40 @@ def _validate_api_key(api_key: str | None) -> _Secret | None:
         # Never echo the key, nor the offending character's position.
         raise ConfigError("the API key contains characters that cannot be sent in an HTTP header")
     return _Secret(key)
+
+
+class _NoCookies(httpx.Cookies):
+    """A cookie jar that stays empty: the API authenticates with a bearer key, so a
+    ``Set-Cookie`` (from the API or a CDN) is never stored nor sent back, and no response
+    pays for httpx's per-answer cookie parsing (a urllib request built from every answer)."""
+
+    def extract_cookies(self, response: httpx.Response) -> None:
+        return None
+
+    def set_cookie_header(self, request: httpx.Request) -> None:
+        return None
+
+
+class _AsyncClient(httpx.AsyncClient):
+    """``httpx.AsyncClient`` without cookie handling (see :class:`_NoCookies`)."""
+
+    _no_cookies = _NoCookies()
+
+    @property
+    def cookies(self) -> httpx.Cookies:
+        return self._no_cookies
+
+    @cookies.setter
+    def cookies(self, cookies: Any) -> None:
+        if cookies:
+            raise ValueError("batchgen's client keeps no cookies")
+
+
+@functools.lru_cache(maxsize=4096)
+def _parsed_url(url: str) -> httpx.URL:
+    """``httpx.URL(url)``, cached: a task's poll URL is parsed once, not on every poll
+    (httpx checks URLs character by character). ``httpx.URL`` is immutable."""
+    return httpx.URL(url)
 
 
 class _BearerAuth(httpx.Auth):
@@ -598,7 +634,7 @@ def _parse_resources(data: Mapping[str, Any]) -> list[Resource]:
         if not isinstance(url, str) or len(url) > 8192:
             continue
         try:
-            parsed = httpx.URL(url)
+            parsed = _parsed_url(url)
         except Exception:
             continue
         if parsed.scheme not in ("http", "https") or not parsed.host:
@@ -722,6 +758,11 @@ class ModellixClient:
             ),
         )
         default = transport is None
+        # The aiohttp transport (no proxy, no test transport) is called directly, without
+        # httpx.AsyncClient.send's layers (auth flow, redirect and cookie handling, hooks):
+        # the same request (:meth:`_send`), less CPU per exchange (benchmarks/README.md).
+        self._direct: httpx.AsyncBaseTransport | None = None
+        self._timeouts = httpx.Timeout(timeout, connect=connect_timeout)
         if default and not _proxies_configured():
             # No proxy to honour: aiohttp's pool, whose cost per request does not grow with
             # the number of pooled connections (see batchgen._transport). TLS still honours
@@ -731,10 +772,11 @@ class ModellixClient:
             transport = AiohttpTransport(
                 max_connections=max_connections, keepalive_expiry=limits.keepalive_expiry
             )
-        self._http = httpx.AsyncClient(
+            self._direct = transport
+        self._http = _AsyncClient(
             auth=_BearerAuth(self._key, self._api_origin) if self._key else None,
             headers={"User-Agent": f"batchgen/{__version__}"},
-            timeout=httpx.Timeout(timeout, connect=connect_timeout),
+            timeout=self._timeouts,
             limits=limits,
             transport=transport,
             follow_redirects=False,
@@ -1008,6 +1050,51 @@ class ModellixClient:
                 ambiguous=submit,
             ) from exc
 
+    async def _send(
+        self,
+        method: str,
+        url: httpx.URL,
+        headers: dict[str, str],
+        content: bytes | None = None,
+    ) -> httpx.Response:
+        """Send one request and return the answer with its body unread (stream it, then
+        ``aclose`` it). Redirects are never followed here.
+
+        Through the aiohttp transport the request is built as ``httpx.AsyncClient`` builds
+        it (its default headers, ``Authorization`` for the API's origin only, the timeout
+        extension) and handed to the transport directly; other transports (proxy, tests)
+        go through ``httpx.AsyncClient.send``.
+        """
+        direct = self._direct
+        if direct is None:
+            request = self._http.build_request(method, url, content=content, headers=headers)
+            return await self._http.send(request, stream=True)
+        if self._http.is_closed:
+            raise RuntimeError("Cannot send a request, as the client has been closed.")
+        merged = httpx.Headers(self._http.headers)
+        merged.update(headers)
+        if self._key is not None and _origin(url) == self._api_origin:
+            merged["Authorization"] = f"Bearer {self._key.reveal()}"
+        request = httpx.Request(
+            method,
+            url,
+            headers=merged,
+            content=content,
+            extensions={"timeout": self._timeouts.as_dict()},
+        )
+        response = await direct.handle_async_request(request)
+        response.request = request
+        if _httpx_logger.isEnabledFor(logging.INFO):  # the line httpx's send logs
+            _httpx_logger.info(
+                'HTTP Request: %s %s "%s %d %s"',
+                method,
+                url,
+                response.http_version,
+                response.status_code,
+                response.reason_phrase,
+            )
+        return response
+
     async def _call_json(
         self, op: Operation, method: str, url: str, *, content: bytes | None = None
     ) -> tuple[int, httpx.Headers, Any]:
@@ -1018,11 +1105,10 @@ class ModellixClient:
         headers = {"Accept": "application/json"}
         if content is not None:
             headers["Content-Type"] = "application/json"
-        request = self._http.build_request(method, url, content=content, headers=headers)
         what = f"{method} {urlsplit(url).path}"
         too_big = False
         async with self._network_errors(op, what):
-            response = await self._http.send(request, stream=True)
+            response = await self._send(method, _parsed_url(url), headers, content)
             try:
                 body, too_big = await _read_capped(response, self.max_response_bytes)
             finally:
@@ -1071,7 +1157,7 @@ class ModellixClient:
 
     async def _download(self, url: str, file: BinaryIO) -> DownloadResult:
         try:
-            current = httpx.URL(url)
+            current = _parsed_url(url)
         except Exception as exc:
             raise ProtocolError(
                 "download: invalid result URL", operation="download", retryable=False
@@ -1086,11 +1172,10 @@ class ModellixClient:
                     retryable=False,
                 )
             what = f"GET {_safe_url_for_message(str(current))}"
-            request = self._http.build_request(
-                "GET", current, headers={"Accept": "*/*", "Accept-Encoding": "identity"}
-            )
             async with self._network_errors("download", what):
-                response = await self._http.send(request, stream=True)
+                response = await self._send(
+                    "GET", current, {"Accept": "*/*", "Accept-Encoding": "identity"}
+                )
                 try:
                     status = response.status_code
                     if 300 <= status <= 399 and status != 304:
