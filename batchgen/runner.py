@@ -42,6 +42,7 @@ import contextlib
 import heapq
 import logging
 import random
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -332,8 +333,24 @@ class Runner:
         return None
 
     async def _wait_change(self, timeout: float | None) -> None:
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._changed.wait(), timeout)
+        """Until :meth:`_wake` or ``timeout`` seconds.  No task per wait on Python 3.11+
+        (``asyncio.wait_for`` wraps the wait in one): the loop resumes this coroutine straight
+        from the event, one loop pass after the wake instead of three, which shortens every
+        submit's turn while ``submits_in_flight`` submits may be pending."""
+        if self._changed.is_set():
+            return
+        if sys.version_info >= (3, 11):
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self._changed.wait()
+        else:  # pragma: no cover - Python 3.10
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), timeout)
+
+    async def _wake_on(self, event: asyncio.Event) -> None:
+        """Wake the run loop when ``event`` (the stop request) is set."""
+        await event.wait()
+        self._wake()
 
     # --------------------------------------------------------------- job life
     def _spawn(self, coro: Any) -> None:
@@ -631,6 +648,12 @@ class Runner:
                 )
             )
         ticker = asyncio.get_running_loop().create_task(self._tick(progress))
+        # One watcher for the stop request, instead of two waiter tasks per wait of the loop.
+        stop_watch = (
+            asyncio.get_running_loop().create_task(self._wake_on(stop_event))
+            if stop_event is not None
+            else None
+        )
         interrupted = False
         deadline_hit = False
         try:
@@ -690,6 +713,10 @@ class Runner:
             ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await ticker
+            if stop_watch is not None:
+                stop_watch.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await stop_watch
             self.output.close()
         counts = self.store.counts()
         if progress is not None:
@@ -784,18 +811,9 @@ class Runner:
         if deadline is not None:
             left = max(deadline - time.monotonic(), 0.0)
             limit = left if limit is None else min(limit, left)
-        if stop is None:
-            await self._wait_change(limit)
+        if stop is not None and stop.is_set():
             return
-        waiters = {
-            asyncio.ensure_future(self._changed.wait()),
-            asyncio.ensure_future(stop.wait()),
-        }
-        try:
-            await asyncio.wait(waiters, timeout=limit, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for w in waiters:
-                w.cancel()
+        await self._wait_change(limit)  # a set stop wakes it (see _wake_on)
 
     async def _tick(self, progress: Progress | None) -> None:
         metrics_due = time.monotonic()
