@@ -611,6 +611,11 @@ class Runner:
     # ------------------------------------------------------------------- run
     async def run(self) -> RunSummary:
         """Drive every active job to an end (or until a stop); return the summary."""
+        # WAL checkpoints (fsyncs) in a worker thread, never inside a commit on the loop.
+        with self.store.background_checkpoints():
+            return await self._run()
+
+    async def _run(self) -> RunSummary:
         started = time.monotonic()
         deadline = started + self.opts.max_runtime if self.opts.max_runtime else None
         stop_event = self.opts.stop

@@ -28,6 +28,7 @@ import fcntl
 import json
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -480,6 +481,48 @@ class StateStore:
     def close(self) -> None:
         """Close the connection (a checkpoint folds the WAL back into the file)."""
         self._conn.close()
+
+    @contextlib.contextmanager
+    def background_checkpoints(
+        self, interval: float = 0.5, backstop_pages: int = 20_000
+    ) -> Iterator[None]:
+        """While inside, WAL checkpoints run in a worker thread, not inside this connection's
+        commits.
+
+        A checkpoint fsyncs (WAL, then database file); SQLite's automatic one runs inside the
+        commit that crosses 1,000 WAL pages, on the caller's thread (the run's event loop),
+        and held such a commit for up to 250 ms.  Here the writer's automatic checkpoint is
+        raised to ``backstop_pages`` (a bound on WAL growth should the worker fall behind)
+        and a thread with its own connection runs ``PRAGMA wal_checkpoint(PASSIVE)`` every
+        ``interval`` seconds: it never blocks the writer, and once it has copied every frame
+        the next commit starts the WAL from its beginning again.  Durability is unchanged:
+        each commit is still in the WAL (``write()``) before the call returns.
+        """
+        if self.readonly:
+            yield
+            return
+        stop = threading.Event()
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA busy_timeout = 5000")
+
+        def work() -> None:
+            while not stop.wait(interval):
+                # A failed checkpoint (I/O error, busy) is retried next time; the writer's
+                # backstop still bounds the WAL.
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+
+        self._conn.execute(f"PRAGMA wal_autocheckpoint = {int(backstop_pages)}")
+        thread = threading.Thread(target=work, name="batchgen-wal-checkpoint", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
+            conn.close()
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.execute("PRAGMA wal_autocheckpoint = 1000")
 
     def __enter__(self) -> StateStore:
         return self

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -194,6 +195,48 @@ def test_reader_sees_committed_state_while_writer_is_open(tmp_path: Path) -> Non
             assert reader.counts()["running"] == 1
             with pytest.raises(StateError):
                 reader.mark_downloading("j00001")
+
+
+def _walk_jobs(store: StateStore, ids: list[str]) -> None:
+    for job_id in ids:
+        store.mark_submitting(job_id)
+        store.mark_running(job_id, f"t-{job_id}", None)
+
+
+def test_background_checkpoints_fold_the_wal_into_the_file_off_the_writer(
+    tmp_path: Path,
+) -> None:
+    with StateStore.open(tmp_path) as store:
+        store.add_jobs(jobs(400))
+        store.close()
+    with StateStore.open(tmp_path) as store:
+        size_before = (tmp_path / "state.db").stat().st_size
+        with store.background_checkpoints(interval=0.01, backstop_pages=1_000_000):
+            assert store._conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 1_000_000
+            _walk_jobs(store, [f"j{i:05d}" for i in range(400)])
+            grown = False
+            for _ in range(500):  # bounded: the worker checkpoints every 10 ms
+                if (tmp_path / "state.db").stat().st_size > size_before:
+                    grown = True
+                    break
+                threading.Event().wait(0.01)
+            assert grown, "the worker thread never checkpointed the WAL"
+        assert store._conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 1000
+        assert not [t for t in threading.enumerate() if t.name == "batchgen-wal-checkpoint"]
+        assert store.counts()["running"] == 400
+    with StateStore.open_readonly(tmp_path) as reader:
+        assert reader.get("j00399").task_id == "t-j00399"
+
+
+def test_background_checkpoints_backstop_bounds_the_wal(tmp_path: Path) -> None:
+    with StateStore.open(tmp_path) as store:
+        store.add_jobs(jobs(1500))
+        # The worker never gets a turn (one hour): only the writer's backstop checkpoints.
+        with store.background_checkpoints(interval=3600.0, backstop_pages=64):
+            _walk_jobs(store, [f"j{i:05d}" for i in range(1500)])
+            wal = (tmp_path / "state.db-wal").stat().st_size
+        assert wal < 200 * 4096
+        assert store.counts()["running"] == 1500
 
 
 def test_task_id_survives_sigkill_right_after_it_is_recorded(tmp_path: Path) -> None:
