@@ -75,6 +75,9 @@ class PollSchedule:
                     target = value
                     break
             if target == 0.0:
-                target = elapsed * self.factor
+                # Past every rung while rungs are left: the durations are narrow (e.g. all
+                # alike), so the task is due any moment; one gap later, not 50% later (a 2 s
+                # task seen running at 1.9 s was polled again at 2.85 s).
+                target = elapsed + gap if polls < len(_LADDER) else elapsed * self.factor
         delay = max(target - elapsed, gap)
         return min(delay, self.max_interval)
