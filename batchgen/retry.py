@@ -29,18 +29,22 @@ Semantics:
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from batchgen.runner import RunSummary
 from batchgen.schemas import UnknownModelError, load_model
-from batchgen.session import RunRequest, run_session
 from batchgen.state import StateError, StateStore, acquire_run_lock, state_path
+
+if TYPE_CHECKING:
+    # Imported by retry_run when it runs: resetting jobs needs no HTTP stack.
+    import asyncio
+
+    from batchgen.runner import RunSummary
+    from batchgen.session import RunRequest
 
 __all__ = [
     "RETRYABLE_STATES",
@@ -198,6 +202,8 @@ async def retry_run(
     run RUN_DIR`` (limits, base URL and ``--simulate`` from the state file unless ``request``
     overrides them; its ``target`` is replaced by the run directory).  The summary is ``None``
     when nothing was reset."""
+    from batchgen.session import RunRequest, run_session  # noqa: PLC0415 - only to run
+
     plan = reset_for_retry(run, states=states, job_ids=job_ids, sets=sets)
     if not plan.reset:
         return plan, None
