@@ -45,7 +45,7 @@ import random
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -847,8 +847,3 @@ async def run_jobs(
     prepared the output directory (:meth:`OutputDir.prepare`).
     """
     return await Runner(store, client, limits, options=options, output=output).run()
-
-
-def summary_counts(counts: Mapping[str, int]) -> str:
-    """``done=3 failed=1`` for a final log line."""
-    return " ".join(f"{k}={v}" for k, v in counts.items() if v)
