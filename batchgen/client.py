@@ -312,7 +312,11 @@ def _proxies_configured() -> bool:
 
 
 @functools.lru_cache(maxsize=256)
-def _is_loopback_host(host: str) -> bool:
+def is_loopback_host(host: str) -> bool:
+    """Whether ``host`` names a loopback address (127.0.0.0/8, ::1, localhost).
+
+    Case and a trailing dot are ignored. The simulator's bind check uses this too.
+    """
     host = host.lower().rstrip(".")
     if host == "localhost":
         return True
@@ -355,7 +359,7 @@ def validate_base_url(url: str) -> str:
         raise ConfigError(f"base URL {shown!r} must not contain user info (user:password@)")
     if parsed.query or parsed.fragment:
         raise ConfigError(f"base URL {shown!r} must not contain a query or fragment")
-    if parsed.scheme == "http" and not _is_loopback_host(parsed.host):
+    if parsed.scheme == "http" and not is_loopback_host(parsed.host):
         raise ConfigError(
             f"base URL {shown!r} must use https (plain http is allowed for loopback hosts only:"
             " the API key would travel in clear text)"
@@ -364,7 +368,7 @@ def validate_base_url(url: str) -> str:
 
 
 def _secure_url(url: httpx.URL) -> bool:
-    return url.scheme == "https" or (url.scheme == "http" and _is_loopback_host(url.host))
+    return url.scheme == "https" or (url.scheme == "http" and is_loopback_host(url.host))
 
 
 _Origin = tuple[str, str, int]

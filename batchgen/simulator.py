@@ -26,7 +26,6 @@ import hashlib
 import heapq
 import hmac
 import importlib
-import ipaddress
 import json
 import math
 import random
@@ -45,6 +44,7 @@ from jsonschema import Draft202012Validator
 
 from batchgen._png import MAX_SIDE, png_bytes
 from batchgen._simconfig import FAULT_ROUTES, Latency, SimulatorConfig, StatusNames
+from batchgen.client import is_loopback_host
 
 __all__ = [
     "FAULT_ROUTES",
@@ -99,16 +99,6 @@ def _canonical_key(model: str, body: object) -> bytes:
     """A compact key for "the same body": a digest of the model and canonical JSON."""
     text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.blake2b(f"{model}\n{text}".encode(), digest_size=16).digest()
-
-
-def is_loopback_host(host: str) -> bool:
-    """Whether ``host`` names a loopback address (127.0.0.0/8, ::1, localhost)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 # --------------------------------------------------------------------------- models
