@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from batchgen.schemas import UnknownModelError, load_model
-from batchgen.state import StateError, StateStore, acquire_run_lock, state_path
+from batchgen.state import StateStore, acquire_run_lock, state_path
 
 if TYPE_CHECKING:
     # Imported by retry_run when it runs: resetting jobs needs no HTTP stack.
@@ -129,7 +129,8 @@ def reset_for_retry(
     """Put the chosen terminal jobs of ``run`` back to ``pending`` (see the module doc).
 
     ``states`` picks every job in those states; ``job_ids`` names jobs.  Raises
-    :class:`RetryError`, or :class:`batchgen.state.RunLocked` while a run holds the lock.
+    :class:`RetryError`, :class:`batchgen.state.RunLocked` while a run holds the lock, or
+    :class:`batchgen.state.StateError` when the state file is damaged or from a newer batchgen.
     """
     wanted = set(states)
     bad = wanted - set(RETRYABLE_STATES)
@@ -142,10 +143,7 @@ def reset_for_retry(
     run_dir = path.parent
     plan = RetryPlan()
     with acquire_run_lock(run_dir):
-        try:
-            store = StateStore.open(run_dir, create=False)
-        except StateError as exc:
-            raise RetryError(str(exc)) from exc
+        store = StateStore.open(run_dir, create=False)
         try:
             chosen: dict[str, Any] = {}
             if wanted:

@@ -167,3 +167,16 @@ def test_retry_with_nothing_to_do_exits_zero(
     assert asyncio.run(real_run(run, make_jobs(3))).exit_code == 0
     assert main(["retry", str(run)]) == 0
     assert "nothing to retry" in capsys.readouterr().err
+
+
+def test_retry_on_a_damaged_state_file_exits_3_like_run(
+    rejected_run: tuple[Path, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    run, _ = rejected_run
+    (run / "state.db").write_bytes(b"not a database" * 100)
+    for name in ("state.db-wal", "state.db-shm"):
+        (run / name).unlink(missing_ok=True)
+    assert main(["retry", str(run), "--rejected"]) == 3
+    err = capsys.readouterr().err
+    assert err.startswith("batchgen retry: ")
+    assert "Traceback" not in err

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from batchgen.cli import EXIT_OK, EXIT_TEMPFAIL, EXIT_USAGE
+from batchgen.cli import EXIT_OK, EXIT_STOPPED, EXIT_TEMPFAIL, EXIT_USAGE
 from batchgen.cli._runargs import (
     add_limit_arguments,
     add_log_format_argument,
@@ -17,7 +17,7 @@ from batchgen.cli._runargs import (
 from batchgen.progress import setup_logging
 from batchgen.report import clean_text
 from batchgen.retry import RetryError, reset_for_retry
-from batchgen.state import RunLocked
+from batchgen.state import RunLocked, StateError
 
 
 def add_parser(subparsers: Any) -> None:
@@ -68,6 +68,9 @@ def handle(args: argparse.Namespace) -> int:
     except RetryError as exc:
         print(f"batchgen retry: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except StateError as exc:  # damaged or newer state file: as `batchgen run`, exit 3
+        print(f"batchgen retry: {exc}", file=sys.stderr)
+        return EXIT_STOPPED
     for job_id, state in plan.skipped:
         print(f"batchgen retry: job {job_id} is {state}, not retried", file=sys.stderr)
     for job_id, reason in plan.refused:
