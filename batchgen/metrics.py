@@ -15,7 +15,6 @@ time, e.g. after a crash: ``write_metrics(run_dir)``.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import re
@@ -23,6 +22,7 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from batchgen.output import open_atomic
 from batchgen.report import StatusReport, open_readonly_db, status_report
 from batchgen.state import ALL_STATES, StateStore
 
@@ -174,17 +174,10 @@ def render_metrics(
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)  # the collector usually runs as another user
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    # Rewritten every minute and regenerable from the state file: no fsync.
+    with open_atomic(path, "w", perms=0o644, fsync=False) as f:
+        f.write(text)
+        os.fchmod(f.fileno(), 0o644)  # umask aside: the collector usually runs as another user
 
 
 def write_metrics(

@@ -358,10 +358,13 @@ def _sha256_file(path: Path) -> str:
 
 
 @contextlib.contextmanager
-def open_atomic(path: Path, mode: Literal["w", "wb"], *, perms: int) -> Iterator[IO[Any]]:
+def open_atomic(
+    path: Path, mode: Literal["w", "wb"], *, perms: int, fsync: bool = True
+) -> Iterator[IO[Any]]:
     """A file written in full or not at all: a temp file next to ``path`` (created with
-    ``perms``), flushed, fsynced and renamed over ``path`` when the block ends without error,
-    removed otherwise.  Text mode ``"w"`` writes UTF-8 without newline translation."""
+    ``perms``), flushed, fsynced (unless ``fsync`` is false) and renamed over ``path`` when the
+    block ends without error, removed otherwise.  Text mode ``"w"`` writes UTF-8 without newline
+    translation."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, perms)
@@ -370,7 +373,8 @@ def open_atomic(path: Path, mode: Literal["w", "wb"], *, perms: int) -> Iterator
         with f:
             yield f
             f.flush()
-            os.fsync(f.fileno())
+            if fsync:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
