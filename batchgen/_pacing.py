@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import math
 import random
 import time
@@ -88,11 +87,6 @@ class RateLimiter:
             return False
         self._tokens -= 1.0
         return True
-
-    async def acquire(self) -> None:
-        """Wait for a token (and for any pause to end)."""
-        while not self.try_acquire():
-            await asyncio.sleep(self.delay())
 
 
 class AimdLimit:
