@@ -768,12 +768,12 @@ class ModellixClient:
         self._direct: httpx.AsyncBaseTransport | None = None
         self._timeouts = httpx.Timeout(timeout, connect=connect_timeout)
         if default and not _proxies_configured():
-            # No proxy to honour: aiohttp's pool, whose cost per request does not grow with
-            # the number of pooled connections (see batchgen._transport). TLS still honours
+            # No proxy to honour: the lean HTTP/1.1 transport (batchgen._http11), whose cost
+            # per request is small and does not grow with the pool. TLS still honours
             # SSL_CERT_FILE/SSL_CERT_DIR.
-            from batchgen._transport import AiohttpTransport  # noqa: PLC0415
+            from batchgen._http11 import Http11Transport  # noqa: PLC0415
 
-            transport = AiohttpTransport(
+            transport = Http11Transport(
                 max_connections=max_connections, keepalive_expiry=limits.keepalive_expiry
             )
             self._direct = transport
