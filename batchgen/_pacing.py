@@ -1,13 +1,17 @@
-"""Pacing of submissions: a token bucket with a shared pause, and an AIMD concurrency limit."""
+"""Pacing: a token bucket with a shared pause and an AIMD limit for submissions, a lane for
+downloads."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import math
 import random
 import time
+from collections import deque
 from collections.abc import Callable
 
-__all__ = ["AimdLimit", "RateLimiter", "backoff_delay"]
+__all__ = ["AimdLimit", "DownloadLane", "RateLimiter", "backoff_delay"]
 
 
 def backoff_delay(
@@ -117,3 +121,86 @@ class AimdLimit:
         """An accepted submission: additive increase (one slot) towards the maximum."""
         if self.value < self.maximum:
             self.value = min(float(self.maximum), self.value + 1.0)
+
+
+class DownloadLane:
+    """How many downloads may run at once: as many as keep up, but never a crowd that delays
+    the polls and submits.
+
+    Downloads hold no slot, but on one event loop their CPU work (reading the body, the
+    temp file, the state commit) competes with the polls and submits that do: a whole wave
+    of results downloaded at once delays the next submits, which then leave together as the
+    next wave (measured: makespan 1.44 x ideal with every download at once, 1.14 x with four
+    at a time).  The limit is AIMD on the event loop's lateness (how late the runner's poll
+    timers fire, :meth:`note_lateness`): each finished download adds one place while the
+    loop is on time, and the limit halves (down to ``minimum``) while it runs late.  A slow
+    network (downloads waiting on bytes, the loop idle) so gets as many parallel downloads
+    as it needs, up to ``maximum``; a busy loop only a few.  Waiting downloads go first
+    come, first served.
+    """
+
+    def __init__(
+        self,
+        *,
+        minimum: int = 4,
+        maximum: int = 1000,
+        late: float = 0.005,
+    ) -> None:
+        if minimum < 1 or maximum < minimum:
+            raise ValueError("need 1 <= minimum <= maximum")
+        self.minimum = minimum
+        self.maximum = maximum
+        self.late = late
+        self._limit = minimum
+        self._lateness = 0.0  # EWMA of timer lateness, seconds
+        self._active = 0
+        self._waiters: deque[asyncio.Future[None]] = deque()
+        self.peak = 0
+
+    @property
+    def active(self) -> int:
+        """Downloads admitted and not yet released."""
+        return self._active
+
+    @property
+    def limit(self) -> int:
+        """Downloads allowed at once now."""
+        return self._limit
+
+    def note_lateness(self, seconds: float) -> None:
+        """A timer of the loop fired ``seconds`` after its time."""
+        self._lateness += 0.2 * (max(seconds, 0.0) - self._lateness)
+
+    async def acquire(self) -> None:
+        """Wait for a place in the lane (first come, first served)."""
+        if not self._waiters and self._active < self._limit:
+            self._take()
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        except BaseException:
+            if waiter.done() and not waiter.cancelled():
+                self.release()  # admitted just as it was cancelled: give the place back
+            else:
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(waiter)
+            raise
+
+    def release(self) -> None:
+        """Leave the lane (a download ended, whatever its outcome)."""
+        self._active -= 1
+        if self._lateness > self.late:
+            self._limit = max(self.minimum, self._limit // 2)
+        else:
+            self._limit = min(self.maximum, self._limit + 1)
+        while self._waiters and self._active < self._limit:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                self._take()
+                waiter.set_result(None)
+
+    def _take(self) -> None:
+        self._active += 1
+        self.peak = max(self.peak, self._active)

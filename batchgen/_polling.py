@@ -25,7 +25,7 @@ class PollSchedule:
         self,
         *,
         first_wait: float = 2.0,
-        min_interval: float = 0.5,
+        min_interval: float = 0.1,
         max_interval: float = 30.0,
         factor: float = 1.5,
         warmup: int = 5,

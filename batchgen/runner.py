@@ -49,7 +49,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from batchgen._pacing import AimdLimit, RateLimiter, backoff_delay
+from batchgen._pacing import AimdLimit, DownloadLane, RateLimiter, backoff_delay
 from batchgen._polling import PollSchedule
 from batchgen._reasons import failure_reason
 from batchgen.client import (
@@ -102,7 +102,9 @@ class RunOptions:
     """Model name → submit path; default: the model's schema (``batchgen.schemas``)."""
     first_poll: float = 2.0
     """Seconds before the first poll while nothing is learnt about task durations."""
-    min_poll_interval: float = 0.5
+    min_poll_interval: float = 0.1
+    """Shortest gap between two polls of a task (the gap is also at least 5% of the typical
+    task duration, so this matters only for tasks of a few seconds)."""
     max_poll_interval: float = 30.0
     backoff_base: float = 1.0
     """First retry waits up to this many seconds (full jitter), doubling per attempt."""
@@ -215,6 +217,7 @@ class Runner:
         self._rng = random.Random(self.opts.seed)
         self._rate = RateLimiter(limits.rate)
         self._aimd = AimdLimit(limits.concurrency)
+        self._downloads = DownloadLane(maximum=max(4, limits.concurrency))
         self._schedule = PollSchedule(
             first_wait=self.opts.first_poll,
             min_interval=self.opts.min_poll_interval,
@@ -237,6 +240,7 @@ class Runner:
         self._throttles: Counter[str] = Counter()
         self._changed = asyncio.Event()
         self._stop_submitting: str | None = None
+        self._run_deadline: float | None = None  # monotonic end of max_runtime
         self._stop_code = 0
         self._throttle_streak = 0
 
@@ -381,8 +385,39 @@ class Runner:
         requests still awaiting their answer."""
         return self._in_flight >= self._aimd.limit or self._submits >= self._max_submits
 
+    def _ready_job(self) -> JobRecord | None:
+        """The next job, with its slot and submit turn taken, when one may be submitted right
+        now without waiting for anything (used to hand the submit turn on directly)."""
+        stop = self.opts.stop
+        if (
+            self._stop_submitting is not None
+            or (stop is not None and stop.is_set())
+            or (self._run_deadline is not None and time.monotonic() >= self._run_deadline)
+            or self._pool_full()
+            or self._rate.delay() > 0
+        ):
+            return None
+        nxt = self._next_job()
+        if not isinstance(nxt, JobRecord):
+            return None
+        self._rate.try_acquire()
+        self._in_flight += 1
+        self._submits += 1
+        return nxt
+
     async def _submit_job(self, job: JobRecord) -> None:
-        """Submit one job, then follow its task to the end (the slot is already taken)."""
+        """Submit ``job`` (its slot and submit turn already taken), hand its task to
+        :meth:`_follow`, then submit the next job at once when one may go now: the submit
+        turn passes on without waking the run loop (two loop passes less per submit, which is
+        what bounds the submission rate with one submit in flight)."""
+        nxt: JobRecord | None = job
+        while nxt is not None:
+            if not await self._submit_one(nxt):
+                return
+            nxt = self._ready_job()
+
+    async def _submit_one(self, job: JobRecord) -> bool:
+        """Submit one job; True when its task was accepted and handed to :meth:`_follow`."""
         job_id = job.job_id
         slot = True
         answering = True  # this submit counts in self._submits until its answer is handled
@@ -395,30 +430,11 @@ class Runner:
             try:
                 submitted = await self.client.submit(self._submit_path(job.model), job.body)
             except RateLimited as exc:
-                self.summary.throttled += 1
-                self._throttles[job_id] += 1
-                self._throttle_streak += 1
-                pause = exc.retry_after
-                if pause is None:
-                    pause = min(
-                        self.opts.backoff_cap,
-                        self.opts.throttle_pause * 2 ** min(self._throttle_streak - 1, 6),
-                    )
-                storm = self._throttle_streak >= self.opts.throttle_storm
-                if self._rate.throttled(pause, sent_at=sent_at, storm=storm):
-                    self._aimd.on_throttle()  # one multiplicative decrease per window
-                if self._throttles[job_id] >= self.opts.max_throttles:
-                    self._fail(
-                        job_id, "submitting", f"rate limited {self._throttles[job_id]} times"
-                    )
-                else:
-                    self.store.mark_pending(job_id, f"rate limited: {exc}", refund_attempt=True)
-                    self._moved("submitting", "pending")
-                    self._schedule_retry(job_id, 0.0)
-                return
+                self._on_throttled(job_id, exc, sent_at)
+                return False
             except ApiError as exc:
                 self._on_submit_error(job_id, attempts, exc)
-                return
+                return False
             self._throttle_streak = 0
             self._aimd.on_success()
             # The task_id is committed before anything else happens with the task.
@@ -426,15 +442,38 @@ class Runner:
             self._moved("submitting", "running")
             answering = False  # the task_id is committed: the next submit may go
             self._submits -= 1
-            self._wake()
             slot = False  # _follow owns the slot now
-            await self._follow(job_id, submitted.task_id, submitted.poll_url, time.time(), attempts)
+            self._spawn(
+                self._follow(job_id, submitted.task_id, submitted.poll_url, time.time(), attempts)
+            )
+            return True
         finally:
             if answering:
                 self._submits -= 1
                 self._wake()
             if slot:
                 self._release_slot()
+
+    def _on_throttled(self, job_id: str, exc: RateLimited, sent_at: float) -> None:
+        """A 429 on submit: one shared pause per throttle window; the job waits its turn again."""
+        self.summary.throttled += 1
+        self._throttles[job_id] += 1
+        self._throttle_streak += 1
+        pause = exc.retry_after
+        if pause is None:
+            pause = min(
+                self.opts.backoff_cap,
+                self.opts.throttle_pause * 2 ** min(self._throttle_streak - 1, 6),
+            )
+        storm = self._throttle_streak >= self.opts.throttle_storm
+        if self._rate.throttled(pause, sent_at=sent_at, storm=storm):
+            self._aimd.on_throttle()  # one multiplicative decrease per window
+        if self._throttles[job_id] >= self.opts.max_throttles:
+            self._fail(job_id, "submitting", f"rate limited {self._throttles[job_id]} times")
+        else:
+            self.store.mark_pending(job_id, f"rate limited: {exc}", refund_attempt=True)
+            self._moved("submitting", "pending")
+            self._schedule_retry(job_id, 0.0)
 
     def _on_submit_error(self, job_id: str, attempts: int, exc: ApiError) -> None:
         if exc.stops_run:
@@ -483,7 +522,9 @@ class Runner:
                 elapsed = time.time() - submitted_at
                 delay = self._schedule.next_delay(elapsed, polls)
                 delay = min(delay, max(deadline - time.time(), 0.0) + 0.01)
+                wake_at = time.monotonic() + delay
                 await asyncio.sleep(delay)
+                self._downloads.note_lateness(time.monotonic() - wake_at)
                 elapsed = time.time() - submitted_at
                 try:
                     status = await self.client.poll(task_id, poll_url)
@@ -550,6 +591,17 @@ class Runner:
         return resources[0] if resources else None
 
     async def _download(self, job_id: str, resources: list[Resource], attempts: int) -> None:
+        """Download, check and record the result, in turn in the download lane (see
+        :class:`batchgen._pacing.DownloadLane`: polls and submits first)."""
+        await self._downloads.acquire()
+        try:
+            await self._download_in_lane(job_id, resources, attempts)
+        finally:
+            self._downloads.release()
+
+    async def _download_in_lane(
+        self, job_id: str, resources: list[Resource], attempts: int
+    ) -> None:
         resource = self._pick(resources)
         if resource is None:
             self._retry_or_fail(job_id, "downloading", attempts, "task succeeded without a result")
@@ -618,6 +670,7 @@ class Runner:
     async def _run(self) -> RunSummary:
         started = time.monotonic()
         deadline = started + self.opts.max_runtime if self.opts.max_runtime else None
+        self._run_deadline = deadline
         stop_event = self.opts.stop
         recovered = self.store.recover_submitting(resubmit=self.limits.resubmit_unknown)
         self.summary.recovered_submitting = len(recovered)
