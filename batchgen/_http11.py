@@ -2,7 +2,8 @@
 
 The runner's CPU per HTTP exchange is mostly the HTTP stack's (benchmarks/README.md).
 httpx's default transport (httpcore) walks its whole pool on every request; aiohttp's
-request path builds timers, traces and several objects per request.  This transport does
+request path (this project's transport before) builds timers, traces and several objects per
+request.  This transport does
 the least an API client needs: one :class:`asyncio.Protocol` per connection whose bytes go
 straight to httptools' C parser (llhttp), idle connections kept in a per-origin stack
 (the most recently used first, so a few connections stay warm and the rest expire),

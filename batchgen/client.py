@@ -762,7 +762,7 @@ class ModellixClient:
             ),
         )
         default = transport is None
-        # The aiohttp transport (no proxy, no test transport) is called directly, without
+        # The lean transport (no proxy, no test transport) is called directly, without
         # httpx.AsyncClient.send's layers (auth flow, redirect and cookie handling, hooks):
         # the same request (:meth:`_send`), less CPU per exchange (benchmarks/README.md).
         self._direct: httpx.AsyncBaseTransport | None = None
@@ -1064,7 +1064,7 @@ class ModellixClient:
         """Send one request and return the answer with its body unread (stream it, then
         ``aclose`` it). Redirects are never followed here.
 
-        Through the aiohttp transport the request is built as ``httpx.AsyncClient`` builds
+        Through the lean transport the request is built as ``httpx.AsyncClient`` builds
         it (its default headers, ``Authorization`` for the API's origin only, the timeout
         extension) and handed to the transport directly; other transports (proxy, tests)
         go through ``httpx.AsyncClient.send``.
