@@ -25,20 +25,27 @@ import collections
 import socket
 import ssl
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any, cast
 
 import httptools
 import httpx
 
-__all__ = ["Http11Transport"]
+__all__ = ["Http11Body", "Http11Transport", "origin_of"]
 
 _HIGH_WATER = 512 * 1024  # buffered body bytes above which the socket stops being read
 _LOW_WATER = 128 * 1024
 _NO_BODY_STATUSES = (204, 304)
 
 
-def _timeout(timeouts: dict[str, Any], key: str) -> float | None:
+def origin_of(url: httpx.URL) -> tuple[str, str, int]:
+    """(scheme, lower-case host, port) of ``url``: the key of the connection pool."""
+    scheme = url.scheme
+    port = url.port or (443 if scheme == "https" else 80)
+    return (scheme, url.host.lower(), port)
+
+
+def _timeout(timeouts: Mapping[str, Any], key: str) -> float | None:
     value = timeouts.get(key)
     return float(value) if value is not None else None
 
@@ -200,7 +207,7 @@ def _expire(waiter: asyncio.Future[None]) -> None:
         waiter.set_exception(httpx.ReadTimeout("no answer within the read timeout"))
 
 
-class _Body(httpx.AsyncByteStream):
+class Http11Body(httpx.AsyncByteStream):
     """An answer's body; closing it returns the connection to the pool or closes it."""
 
     __slots__ = ("_conn", "_pool", "_read_timeout", "_released")
@@ -300,7 +307,9 @@ class Http11Transport(httpx.AsyncBaseTransport):
         self._open -= 1
         return True
 
-    async def _acquire(self, origin: tuple[str, str, int], timeouts: dict[str, Any]) -> _Connection:
+    async def _acquire(
+        self, origin: tuple[str, str, int], timeouts: Mapping[str, Any]
+    ) -> _Connection:
         deadline: float | None = None
         while True:
             conn = self._take_idle(origin)
@@ -328,7 +337,9 @@ class Http11Transport(httpx.AsyncBaseTransport):
                 if not waiter.done():
                     waiter.cancel()
 
-    async def _connect(self, origin: tuple[str, str, int], timeouts: dict[str, Any]) -> _Connection:
+    async def _connect(
+        self, origin: tuple[str, str, int], timeouts: Mapping[str, Any]
+    ) -> _Connection:
         scheme, host, port = origin
         loop = asyncio.get_running_loop()
         conn = _Connection(origin)
@@ -370,15 +381,7 @@ class Http11Transport(httpx.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         """Send ``request``; the answer's body is streamed (read it, then close it)."""
-        if self._closed:
-            raise RuntimeError("the transport is closed")
         url = request.url
-        scheme = url.scheme
-        if scheme not in ("http", "https"):
-            raise httpx.UnsupportedProtocol(f"unsupported URL scheme {scheme!r}")
-        port = url.port or (443 if scheme == "https" else 80)
-        origin = (scheme, url.host, port)
-        timeouts: dict[str, Any] = request.extensions.get("timeout", {})
         try:
             body = request.content
         except httpx.RequestNotRead:
@@ -387,7 +390,22 @@ class Http11Transport(httpx.AsyncBaseTransport):
         for name, value in request.headers.raw:
             head += (name, b": ", value, b"\r\n")
         head.append(b"\r\n")
-        message = b"".join(head) + body
+        return await self.send_message(
+            origin_of(url), b"".join(head) + body, request.extensions.get("timeout", {})
+        )
+
+    async def send_message(
+        self, origin: tuple[str, str, int], message: bytes, timeouts: Mapping[str, Any]
+    ) -> httpx.Response:
+        """Send one complete HTTP/1.1 request ``message`` (head and body, ``Host`` included)
+        to ``origin`` (scheme, host, port); the answer's body is streamed (read it, then
+        close it).  ``timeouts`` has httpx's ``timeout`` extension keys.  Callers that build
+        the same head many times (:class:`batchgen.client.ModellixClient`) skip building an
+        :class:`httpx.Request` this way."""
+        if self._closed:
+            raise RuntimeError("the transport is closed")
+        if origin[0] not in ("http", "https"):
+            raise httpx.UnsupportedProtocol(f"unsupported URL scheme {origin[0]!r}")
         read_timeout = _timeout(timeouts, "read")
         conn = await self._acquire(origin, timeouts)
         released = False
@@ -404,7 +422,7 @@ class Http11Transport(httpx.AsyncBaseTransport):
             response = httpx.Response(
                 conn.status,
                 headers=conn.headers,
-                stream=_Body(conn, self, read_timeout),
+                stream=Http11Body(conn, self, read_timeout),
                 extensions={"http_version": b"HTTP/1.1"},
             )
             released = True

@@ -36,8 +36,7 @@ import sys
 import time
 import unicodedata
 import urllib.request
-from collections.abc import AsyncIterator, Generator, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Generator, Mapping
 from dataclasses import dataclass, field
 from datetime import timezone
 from types import TracebackType
@@ -48,6 +47,7 @@ import anyio
 import httpx
 
 from batchgen import __version__
+from batchgen._http11 import Http11Body, Http11Transport
 
 __all__ = [
     "DEFAULT_BASE_URL",
@@ -749,6 +749,7 @@ class ModellixClient:
         self._base_url = validate_base_url(base_url)
         self._base = httpx.URL(self._base_url)
         self._api_origin = _origin(self._base)
+        self._base_prefix = self._base_url + "/"
         self._key = _validate_api_key(api_key)
         if max_connections < 1 or max_download_bytes < 1 or max_response_bytes < 1:
             raise ConfigError("connection and size limits must be positive")
@@ -765,18 +766,19 @@ class ModellixClient:
         # The lean transport (no proxy, no test transport) is called directly, without
         # httpx.AsyncClient.send's layers (auth flow, redirect and cookie handling, hooks):
         # the same request (:meth:`_send`), less CPU per exchange (benchmarks/README.md).
-        self._direct: httpx.AsyncBaseTransport | None = None
+        self._direct: Http11Transport | None = None
         self._timeouts = httpx.Timeout(timeout, connect=connect_timeout)
+        self._timeout_dict = self._timeouts.as_dict()
+        # Header lines per (origin, netloc, extra headers): built once, not per request.
+        self._head_blocks: dict[tuple[_Origin, bytes, tuple[tuple[str, str], ...]], bytes] = {}
         if default and not _proxies_configured():
             # No proxy to honour: the lean HTTP/1.1 transport (batchgen._http11), whose cost
             # per request is small and does not grow with the pool. TLS still honours
             # SSL_CERT_FILE/SSL_CERT_DIR.
-            from batchgen._http11 import Http11Transport  # noqa: PLC0415
-
-            transport = Http11Transport(
+            self._direct = Http11Transport(
                 max_connections=max_connections, keepalive_expiry=limits.keepalive_expiry
             )
-            self._direct = transport
+            transport = self._direct
         self._http = _AsyncClient(
             auth=_BearerAuth(self._key, self._api_origin) if self._key else None,
             headers={"User-Agent": f"batchgen/{__version__}"},
@@ -833,6 +835,10 @@ class ModellixClient:
         return self._api_url("/api/v1/tasks/" + quote(task_id, safe=""))
 
     def _same_origin(self, url: str) -> bool:
+        # A URL that starts with the (normalised) base URL and a slash has the base URL's
+        # authority, whatever follows: no parse needed for the usual poll URL.
+        if url.startswith(self._base_prefix):
+            return True
         return _origin_of(url) == self._api_origin
 
     # -- public operations ------------------------------------------------------------------------
@@ -1010,49 +1016,10 @@ class ModellixClient:
             )
         return data
 
-    @asynccontextmanager
-    async def _network_errors(self, op: Operation, what: str) -> AsyncIterator[None]:
-        """Turn httpx/timeout exceptions into :class:`TransportFailure`/:class:`ProtocolError`."""
-        submit = op == "submit"
-        try:
-            if sys.version_info >= (3, 11):
-                # asyncio's own deadline: much cheaper than anyio's cancel scopes.
-                async with asyncio.timeout(self.operation_timeout):
-                    yield
-            else:  # pragma: no cover - Python 3.10
-                with anyio.fail_after(self.operation_timeout):
-                    yield
-        except TimeoutError as exc:
-            raise TransportFailure(
-                f"{op}: {what}: no complete answer within {self.operation_timeout:g} s",
-                operation=op,
-                ambiguous=submit,
-            ) from exc
-        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
-            # Nothing was sent: never ambiguous.
-            raise TransportFailure(
-                f"{op}: {what}: could not connect ({_describe(exc)})", operation=op
-            ) from exc
-        except httpx.LocalProtocolError as exc:
-            raise TransportFailure(
-                f"{op}: {what}: request could not be sent ({_describe(exc)})",
-                operation=op,
-                retryable=False,
-            ) from exc
-        except httpx.TransportError as exc:
-            # Read/write timeouts, dropped connections, protocol violations by the peer: the
-            # request may have been received and processed.
-            raise TransportFailure(
-                f"{op}: {what}: connection failed ({_describe(exc)})",
-                operation=op,
-                ambiguous=submit,
-            ) from exc
-        except httpx.HTTPError as exc:  # DecodingError, StreamError, ...
-            raise ProtocolError(
-                f"{op}: {what}: unreadable answer ({_describe(exc)})",
-                operation=op,
-                ambiguous=submit,
-            ) from exc
+    def _network_errors(self, op: Operation, what: Callable[[], str]) -> _NetworkErrors:
+        """Turn httpx/timeout exceptions into :class:`TransportFailure`/:class:`ProtocolError`
+        (``what()`` names the request in the message; called only on error)."""
+        return _NetworkErrors(op, what, self.operation_timeout)
 
     async def _send(
         self,
@@ -1075,19 +1042,20 @@ class ModellixClient:
             return await self._http.send(request, stream=True)
         if self._http.is_closed:
             raise RuntimeError("Cannot send a request, as the client has been closed.")
-        merged = httpx.Headers(self._http.headers)
-        merged.update(headers)
-        if self._key is not None and _origin(url) == self._api_origin:
-            merged["Authorization"] = f"Bearer {self._key.reveal()}"
-        request = httpx.Request(
-            method,
-            url,
-            headers=merged,
-            content=content,
-            extensions={"timeout": self._timeouts.as_dict()},
-        )
-        response = await direct.handle_async_request(request)
-        response.request = request
+        origin = _origin(url)
+        key = (origin, url.netloc, tuple(headers.items()))
+        block = self._head_blocks.get(key)
+        if block is None:
+            block = self._head_block(origin, url, headers)
+            if len(self._head_blocks) >= 64:  # many CDN hosts: keep the cache small
+                self._head_blocks.clear()
+            self._head_blocks[key] = block
+        start = b"%s %s HTTP/1.1\r\n" % (method.encode("ascii"), url.raw_path)
+        if content is None:
+            message = start + block + b"\r\n"
+        else:
+            message = start + block + b"Content-Length: %d\r\n\r\n" % len(content) + content
+        response = await direct.send_message(origin, message, self._timeout_dict)
         if _httpx_logger.isEnabledFor(logging.INFO):  # the line httpx's send logs
             _httpx_logger.info(
                 'HTTP Request: %s %s "%s %d %s"',
@@ -1099,6 +1067,18 @@ class ModellixClient:
             )
         return response
 
+    def _head_block(self, origin: _Origin, url: httpx.URL, headers: dict[str, str]) -> bytes:
+        """The header lines of a request to ``url``, as ``httpx.AsyncClient`` would send them:
+        ``Host``, the client's default headers, ``headers``, and ``Authorization`` for the
+        API's origin only."""
+        merged = httpx.Headers(self._http.headers)
+        merged.update(headers)
+        if self._key is not None and origin == self._api_origin:
+            merged["Authorization"] = f"Bearer {self._key.reveal()}"
+        lines = [b"Host: " + url.netloc + b"\r\n"]
+        lines += [name + b": " + value + b"\r\n" for name, value in merged.raw]
+        return b"".join(lines)
+
     async def _call_json(
         self, op: Operation, method: str, url: str, *, content: bytes | None = None
     ) -> tuple[int, httpx.Headers, Any]:
@@ -1109,16 +1089,17 @@ class ModellixClient:
         headers = {"Accept": "application/json"}
         if content is not None:
             headers["Content-Type"] = "application/json"
-        what = f"{method} {urlsplit(url).path}"
         too_big = False
-        async with self._network_errors(op, what):
+        async with self._network_errors(op, lambda: f"{method} {urlsplit(url).path}"):
             response = await self._send(method, _parsed_url(url), headers, content)
             try:
                 body, too_big = await _read_capped(response, self.max_response_bytes)
             finally:
                 await response.aclose()
         status = response.status_code
-        logger.debug("%s: %s -> HTTP %d (%d bytes read)", op, what, status, len(body))
+        if logger.isEnabledFor(logging.DEBUG):
+            what = f"{method} {urlsplit(url).path}"
+            logger.debug("%s: %s -> HTTP %d (%d bytes read)", op, what, status, len(body))
         payload = None if too_big else _loads(body)
         if 200 <= status <= 299:
             if too_big:
@@ -1176,7 +1157,7 @@ class ModellixClient:
                     retryable=False,
                 )
             what = f"GET {_safe_url_for_message(str(current))}"
-            async with self._network_errors("download", what):
+            async with self._network_errors("download", functools.partial(str, what)):
                 response = await self._send(
                     "GET", current, {"Accept": "*/*", "Accept-Encoding": "identity"}
                 )
@@ -1242,7 +1223,7 @@ class ModellixClient:
             )
         digest = hashlib.sha256()
         count = 0
-        async for chunk in response.aiter_bytes():
+        async for chunk in _body_chunks(response):
             count += len(chunk)
             if count > cap:
                 raise ProtocolError(
@@ -1277,12 +1258,97 @@ class ModellixClient:
         )
 
 
+class _NetworkErrors:
+    """The context of one network operation: its overall deadline, and the httpx/timeout
+    exceptions raised inside it turned into :class:`TransportFailure`/:class:`ProtocolError`
+    (a class, not a generator-based context manager: it is entered once per exchange)."""
+
+    __slots__ = ("_deadline", "_op", "_timeout", "_what")
+
+    def __init__(self, op: Operation, what: Callable[[], str], timeout: float) -> None:
+        self._op = op
+        self._what = what
+        self._timeout = timeout
+        self._deadline: Any = None
+
+    async def __aenter__(self) -> None:
+        if sys.version_info >= (3, 11):
+            # asyncio's own deadline: much cheaper than anyio's cancel scopes.
+            self._deadline = asyncio.timeout(self._timeout)
+            await self._deadline.__aenter__()
+        else:  # pragma: no cover - Python 3.10
+            self._deadline = anyio.fail_after(self._timeout)
+            self._deadline.__enter__()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            if sys.version_info >= (3, 11):
+                await self._deadline.__aexit__(exc_type, exc, tb)
+            else:  # pragma: no cover - Python 3.10
+                self._deadline.__exit__(exc_type, exc, tb)
+        except TimeoutError as timeout:
+            exc = timeout
+        if exc is None or not isinstance(exc, (TimeoutError, httpx.HTTPError)):
+            return  # no error, or not one of ours: propagates unchanged
+        op = self._op
+        submit = op == "submit"
+        what = self._what()
+        if isinstance(exc, TimeoutError):
+            raise TransportFailure(
+                f"{op}: {what}: no complete answer within {self._timeout:g} s",
+                operation=op,
+                ambiguous=submit,
+            ) from exc
+        if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)):
+            # Nothing was sent: never ambiguous.
+            raise TransportFailure(
+                f"{op}: {what}: could not connect ({_describe(exc)})", operation=op
+            ) from exc
+        if isinstance(exc, httpx.LocalProtocolError):
+            raise TransportFailure(
+                f"{op}: {what}: request could not be sent ({_describe(exc)})",
+                operation=op,
+                retryable=False,
+            ) from exc
+        if isinstance(exc, httpx.TransportError):
+            # Read/write timeouts, dropped connections, protocol violations by the peer: the
+            # request may have been received and processed.
+            raise TransportFailure(
+                f"{op}: {what}: connection failed ({_describe(exc)})",
+                operation=op,
+                ambiguous=submit,
+            ) from exc
+        # DecodingError, StreamError, ...
+        raise ProtocolError(
+            f"{op}: {what}: unreadable answer ({_describe(exc)})",
+            operation=op,
+            ambiguous=submit,
+        ) from exc
+
+
 def _content_length(headers: httpx.Headers) -> int | None:
     value = headers.get("content-length")
     if value is None:
         return None
     value = value.strip()
     return int(value) if value.isdigit() and len(value) < 20 else None
+
+
+def _body_chunks(response: httpx.Response) -> AsyncIterator[bytes]:
+    """The decoded body of a streamed answer.  An uncompressed answer of the lean transport
+    (the usual case) is read straight from its stream, without httpx's decoder and chunker
+    layers; anything else (compressed, or from another transport) through ``aiter_bytes``."""
+    stream = response.stream
+    if isinstance(stream, Http11Body):
+        encoding = response.headers.get("content-encoding")
+        if encoding is None or encoding.strip().lower() in ("", "identity"):
+            return stream.__aiter__()
+    return response.aiter_bytes()
 
 
 async def _read_capped(response: httpx.Response, cap: int) -> tuple[bytes, bool]:
@@ -1292,7 +1358,7 @@ async def _read_capped(response: httpx.Response, cap: int) -> tuple[bytes, bool]
         return b"", True
     chunks: list[bytes] = []
     size = 0
-    async for chunk in response.aiter_bytes():
+    async for chunk in _body_chunks(response):
         size += len(chunk)
         if size > cap:
             return b"".join(chunks), True

@@ -9,6 +9,7 @@ exception the client classifies on (nothing sent vs. maybe processed).
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -323,3 +324,37 @@ async def test_client_reports_a_refused_submit_as_not_sent() -> None:
             with pytest.raises(TransportFailure) as info:
                 await client.submit("/api/v1/openai/gpt-image-1.5/async", {"prompt": "x"})
     assert not info.value.ambiguous
+
+
+async def test_client_fast_path_sends_the_key_to_the_api_origin_only() -> None:
+    heads: list[bytes] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            request = await read_request(reader)
+            heads.append(request.split(b"\r\n\r\n")[0])
+            if request.startswith(b"POST"):
+                body = b'{"code": 0, "data": {"task_id": "t-1"}}'
+            else:
+                body = b"\x89PNG not really"
+            writer.write(answer(body))
+
+    async with (
+        serve(handler) as (api, _),
+        serve(handler) as (cdn, _),
+        ModellixClient(api, "lean-transport-key-0123") as client,
+    ):
+        submitted = await client.submit("/api/v1/openai/gpt-image-1.5/async", {"prompt": "x"})
+        with open(os.devnull, "wb") as sink:
+            await client.download(cdn + "/files/t-1.png", sink)
+            await client.download(api + "/files/t-1.png", sink)
+    assert submitted.task_id == "t-1"
+    submit, cdn_get, api_get = (h.split(b"\r\n") for h in heads)
+    assert submit[0] == b"POST /api/v1/openai/gpt-image-1.5/async HTTP/1.1"
+    assert b"Authorization: Bearer lean-transport-key-0123" in submit
+    assert b"Content-Type: application/json" in submit
+    assert any(line.startswith(b"Host: 127.0.0.1:") for line in submit)
+    assert any(line.startswith(b"User-Agent: batchgen/") for line in submit)
+    assert cdn_get[0] == b"GET /files/t-1.png HTTP/1.1"
+    assert not any(line.lower().startswith(b"authorization") for line in cdn_get)
+    assert b"Authorization: Bearer lean-transport-key-0123" in api_get
