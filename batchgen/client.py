@@ -547,12 +547,19 @@ def parse_retry_after(headers: Mapping[str, str], *, now: float | None = None) -
     return None
 
 
+# What may follow the base URL's "/" in a URL sent as is: RFC 3986 path and query characters
+# without "%" (so no escape can be re-encoded differently) and without "#".
+_PLAIN_REST = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,;=:@/?]*")
+
+
 def _loads(body: bytes) -> Any:
     """Parse JSON; ``None`` on any failure (bad UTF-8, syntax, absurd nesting or numbers)."""
     if not body.strip():
         return None
     try:
-        return json.loads(body)
+        # UTF-8 (with or without a BOM), decoded here: json.loads(bytes) first sniffs the
+        # encoding of every answer.
+        return json.loads(body.decode("utf-8-sig"))
     except (ValueError, RecursionError):
         return None
 
@@ -625,7 +632,11 @@ def _failure_message(payload: Mapping[str, Any], data: Mapping[str, Any]) -> str
     return "task failed without a message; answer: " + _sanitize(raw, _MESSAGE_CHARS)
 
 
-def _parse_resources(data: Mapping[str, Any]) -> list[Resource]:
+def _parse_resources(
+    data: Mapping[str, Any], on_base: Callable[[str], bool] | None = None
+) -> list[Resource]:
+    """The usable result resources of a success answer; a URL for which ``on_base`` is true
+    (on the API's base URL, plain characters) is usable without parsing it."""
     result = data.get("result")
     items = result.get("resources") if isinstance(result, Mapping) else None
     if not isinstance(items, list):
@@ -637,12 +648,13 @@ def _parse_resources(data: Mapping[str, Any]) -> list[Resource]:
         url = item.get("url")
         if not isinstance(url, str) or len(url) > 8192:
             continue
-        try:
-            parsed = _parsed_url(url)
-        except Exception:
-            continue
-        if parsed.scheme not in ("http", "https") or not parsed.host:
-            continue
+        if on_base is None or not on_base(url):
+            try:
+                parsed = _parsed_url(url)
+            except Exception:
+                continue
+            if parsed.scheme not in ("http", "https") or not parsed.host:
+                continue
         fmt = item.get("format")
         fmt_clean = fmt.strip().lower() if isinstance(fmt, str) else None
         width = _as_int(item.get("width"))
@@ -750,6 +762,8 @@ class ModellixClient:
         self._base = httpx.URL(self._base_url)
         self._api_origin = _origin(self._base)
         self._base_prefix = self._base_url + "/"
+        after_scheme = self._base_url.split("://", 1)[1]
+        self._base_path = after_scheme[after_scheme.find("/") :] if "/" in after_scheme else ""
         self._key = _validate_api_key(api_key)
         if max_connections < 1 or max_download_bytes < 1 or max_response_bytes < 1:
             raise ConfigError("connection and size limits must be positive")
@@ -951,7 +965,7 @@ class ModellixClient:
         duration = _as_int(data.get("duration"))
         duration_ms = duration if duration is not None and duration >= 0 else None
         if normalized in _SUCCESS_STATUSES:
-            resources = _parse_resources(data)
+            resources = _parse_resources(data, self._is_on_base)
             if not resources:
                 raise ProtocolError(
                     f"poll: task {task_id} reported {raw_status!r} without a usable result URL",
@@ -1024,7 +1038,7 @@ class ModellixClient:
     async def _send(
         self,
         method: str,
-        url: httpx.URL,
+        url: str | httpx.URL,
         headers: dict[str, str],
         content: bytes | None = None,
     ) -> httpx.Response:
@@ -1038,19 +1052,25 @@ class ModellixClient:
         """
         direct = self._direct
         if direct is None:
-            request = self._http.build_request(method, url, content=content, headers=headers)
+            parsed = url if isinstance(url, httpx.URL) else _parsed_url(url)
+            request = self._http.build_request(method, parsed, content=content, headers=headers)
             return await self._http.send(request, stream=True)
         if self._http.is_closed:
             raise RuntimeError("Cannot send a request, as the client has been closed.")
-        origin = _origin(url)
-        key = (origin, url.netloc, tuple(headers.items()))
+        target = self._target_on_base(url) if isinstance(url, str) else None
+        if target is not None:
+            origin, netloc = self._api_origin, self._base.netloc
+        else:
+            parsed = url if isinstance(url, httpx.URL) else _parsed_url(url)
+            origin, netloc, target = _origin(parsed), parsed.netloc, parsed.raw_path
+        key = (origin, netloc, tuple(headers.items()))
         block = self._head_blocks.get(key)
         if block is None:
-            block = self._head_block(origin, url, headers)
+            block = self._head_block(origin, netloc, headers)
             if len(self._head_blocks) >= 64:  # many CDN hosts: keep the cache small
                 self._head_blocks.clear()
             self._head_blocks[key] = block
-        start = b"%s %s HTTP/1.1\r\n" % (method.encode("ascii"), url.raw_path)
+        start = b"%s %s HTTP/1.1\r\n" % (method.encode("ascii"), target)
         if content is None:
             message = start + block + b"\r\n"
         else:
@@ -1067,7 +1087,18 @@ class ModellixClient:
             )
         return response
 
-    def _head_block(self, origin: _Origin, url: httpx.URL, headers: dict[str, str]) -> bytes:
+    def _is_on_base(self, url: str) -> bool:
+        return self._target_on_base(url) is not None
+
+    def _target_on_base(self, url: str) -> bytes | None:
+        """The request target of ``url`` when it is on the base URL and made of plain
+        characters only (no percent-escapes, spaces or non-ASCII: httpx would send it
+        unchanged), without parsing it; else ``None``."""
+        if url.startswith(self._base_prefix) and _PLAIN_REST.fullmatch(url, len(self._base_url)):
+            return (self._base_path + url[len(self._base_url) :]).encode("ascii")
+        return None
+
+    def _head_block(self, origin: _Origin, netloc: bytes, headers: dict[str, str]) -> bytes:
         """The header lines of a request to ``url``, as ``httpx.AsyncClient`` would send them:
         ``Host``, the client's default headers, ``headers``, and ``Authorization`` for the
         API's origin only."""
@@ -1075,7 +1106,7 @@ class ModellixClient:
         merged.update(headers)
         if self._key is not None and origin == self._api_origin:
             merged["Authorization"] = f"Bearer {self._key.reveal()}"
-        lines = [b"Host: " + url.netloc + b"\r\n"]
+        lines = [b"Host: " + netloc + b"\r\n"]
         lines += [name + b": " + value + b"\r\n" for name, value in merged.raw]
         return b"".join(lines)
 
@@ -1091,7 +1122,7 @@ class ModellixClient:
             headers["Content-Type"] = "application/json"
         too_big = False
         async with self._network_errors(op, lambda: f"{method} {urlsplit(url).path}"):
-            response = await self._send(method, _parsed_url(url), headers, content)
+            response = await self._send(method, url, headers, content)
             try:
                 body, too_big = await _read_capped(response, self.max_response_bytes)
             finally:
@@ -1141,14 +1172,16 @@ class ModellixClient:
         )
 
     async def _download(self, url: str, file: BinaryIO) -> DownloadResult:
-        try:
-            current = _parsed_url(url)
-        except Exception as exc:
-            raise ProtocolError(
-                "download: invalid result URL", operation="download", retryable=False
-            ) from exc
+        current: str | httpx.URL = url  # a URL on the base URL is sent without parsing it
+        if self._target_on_base(url) is None:
+            try:
+                current = _parsed_url(url)
+            except Exception as exc:
+                raise ProtocolError(
+                    "download: invalid result URL", operation="download", retryable=False
+                ) from exc
         for hop in range(MAX_REDIRECTS + 1):
-            if not current.host or not _secure_url(current):
+            if isinstance(current, httpx.URL) and (not current.host or not _secure_url(current)):
                 reason = "redirected to" if hop else "result URL is"
                 raise ProtocolError(
                     f"download: {reason} an insecure URL {_safe_url_for_message(str(current))!r}"
@@ -1173,7 +1206,10 @@ class ModellixClient:
                                 retryable=False,
                             )
                         try:
-                            current = current.join(location.strip())
+                            parsed = (
+                                current if isinstance(current, httpx.URL) else _parsed_url(current)
+                            )
+                            current = parsed.join(location.strip())
                         except Exception as exc:
                             raise ProtocolError(
                                 f"download: {what}: HTTP {status} to an invalid Location",

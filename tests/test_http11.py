@@ -358,3 +358,19 @@ async def test_client_fast_path_sends_the_key_to_the_api_origin_only() -> None:
     assert cdn_get[0] == b"GET /files/t-1.png HTTP/1.1"
     assert not any(line.lower().startswith(b"authorization") for line in cdn_get)
     assert b"Authorization: Bearer lean-transport-key-0123" in api_get
+
+
+async def test_client_sends_urls_on_the_base_as_httpx_would_encode_them() -> None:
+    targets: list[bytes] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            request = await read_request(reader)
+            targets.append(request.split(b" ")[1])
+            writer.write(answer(b"x"))
+
+    async with serve(handler) as (api, _), ModellixClient(api, "k-0123456789") as client:
+        with open(os.devnull, "wb") as sink:
+            for path in ("/f/plain-1.png?x=1", "/f/a%20b.png", "/f/a b.png", "/f/caf\u00e9.png"):
+                await client.download(api + path, sink)
+    assert targets == [b"/f/plain-1.png?x=1", b"/f/a%20b.png", b"/f/a%20b.png", b"/f/caf%C3%A9.png"]
