@@ -1189,8 +1189,8 @@ class ModellixClient:
                     operation="download",
                     retryable=False,
                 )
-            what = f"GET {_safe_url_for_message(str(current))}"
-            async with self._network_errors("download", functools.partial(str, what)):
+            what = _LazyGet(current)
+            async with self._network_errors("download", what.__str__):
                 response = await self._send(
                     "GET", current, {"Accept": "*/*", "Accept-Encoding": "identity"}
                 )
@@ -1232,7 +1232,7 @@ class ModellixClient:
         )
 
     def _download_error(
-        self, status: int, what: str, body: bytes, headers: httpx.Headers
+        self, status: int, what: object, body: bytes, headers: httpx.Headers
     ) -> ApiError:
         detail = _provider_message(_loads(body)) or _body_snippet(body)
         common: dict[str, Any] = {"status": status, "operation": "download"}
@@ -1246,7 +1246,7 @@ class ModellixClient:
         return ProtocolError(message, retryable=False, **common)
 
     async def _stream_to_file(
-        self, response: httpx.Response, file: BinaryIO, what: str
+        self, response: httpx.Response, file: BinaryIO, what: object
     ) -> DownloadResult:
         cap = self.max_download_bytes
         declared = _content_length(response.headers)
@@ -1292,6 +1292,22 @@ class ModellixClient:
             sha256=digest.hexdigest(),
             content_type=_sanitize(content_type, 100) if content_type else None,
         )
+
+
+class _LazyGet:
+    """``GET <url>`` for messages, made only when shown (an error, a debug line): shortening
+    a URL for a message parses it, which costs more than the rest of a download."""
+
+    __slots__ = ("_text", "_url")
+
+    def __init__(self, url: str | httpx.URL) -> None:
+        self._url = url
+        self._text: str | None = None
+
+    def __str__(self) -> str:
+        if self._text is None:
+            self._text = f"GET {_safe_url_for_message(str(self._url))}"
+        return self._text
 
 
 class _NetworkErrors:
