@@ -102,8 +102,8 @@ class RunOptions:
     """Model name → submit path; default: the model's schema (``batchgen.schemas``)."""
     first_poll: float = 2.0
     """Seconds before the first poll while nothing is learnt about task durations."""
-    min_poll_interval: float = 0.1
-    """Shortest gap between two polls of a task (the gap is also at least 5% of the typical
+    min_poll_interval: float = 0.05
+    """Shortest gap between two polls of a task (the gap is also at least 2% of the typical
     task duration, so this matters only for tasks of a few seconds)."""
     max_poll_interval: float = 30.0
     backoff_base: float = 1.0

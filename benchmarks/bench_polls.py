@@ -26,7 +26,7 @@ def child(url: str, jobs: int, concurrency: int) -> dict[str, Any]:
     """One measured run (in this fresh process)."""
     options = {
         "first_poll": 2.0 * SCALE,
-        "min_poll_interval": 0.1 * SCALE,
+        "min_poll_interval": 0.05 * SCALE,
         "max_poll_interval": 30.0 * SCALE,
     }
     with tempfile.TemporaryDirectory() as tmp:
