@@ -547,6 +547,11 @@ def parse_retry_after(headers: Mapping[str, str], *, now: float | None = None) -
     return None
 
 
+# Idle connections are dropped after this many seconds: below the 5 s idle timeout of common
+# servers (uvicorn's default), so that a request never goes out on a connection the server is
+# closing at that instant (for a submit, an ambiguous outcome and maybe a task paid twice).
+_KEEPALIVE_EXPIRY = 4.0
+
 # What may follow the base URL's "/" in a URL sent as is: RFC 3986 path and query characters
 # without "%" (so no escape can be re-encoded differently) and without "#".
 _PLAIN_REST = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,;=:@/?]*")
@@ -790,7 +795,7 @@ class ModellixClient:
             # per request is small and does not grow with the pool. TLS still honours
             # SSL_CERT_FILE/SSL_CERT_DIR.
             self._direct = Http11Transport(
-                max_connections=max_connections, keepalive_expiry=limits.keepalive_expiry
+                max_connections=max_connections, keepalive_expiry=_KEEPALIVE_EXPIRY
             )
             transport = self._direct
         self._http = _AsyncClient(

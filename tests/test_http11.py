@@ -374,3 +374,19 @@ async def test_client_sends_urls_on_the_base_as_httpx_would_encode_them() -> Non
             for path in ("/f/plain-1.png?x=1", "/f/a%20b.png", "/f/a b.png", "/f/caf\u00e9.png"):
                 await client.download(api + path, sink)
     assert targets == [b"/f/plain-1.png?x=1", b"/f/a%20b.png", b"/f/a%20b.png", b"/f/caf%C3%A9.png"]
+
+
+async def test_a_connection_idle_past_the_keep_alive_expiry_is_not_reused() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            await read_request(reader)
+            writer.write(answer(b"ok"))
+
+    async with serve(handler) as (url, accepted):
+        transport = Http11Transport(keepalive_expiry=1.0)
+        assert await fetch(transport, url + "/") == (200, b"ok")
+        assert await fetch(transport, url + "/") == (200, b"ok")  # reused: idle < 1 s
+        await asyncio.sleep(1.2)
+        assert await fetch(transport, url + "/") == (200, b"ok")  # a new connection
+        await transport.aclose()
+    assert len(accepted) == 2
