@@ -34,14 +34,14 @@ import httpx
 __all__ = ["Http11Body", "Http11Transport", "origin_of"]
 
 _HIGH_WATER = 512 * 1024  # buffered body bytes above which the socket stops being read
-_LOW_WATER = 128 * 1024
 _NO_BODY_STATUSES = (204, 304)
 
 
 def origin_of(url: httpx.URL) -> tuple[str, str, int]:
-    """(scheme, lower-case host, port) of ``url``: the key of the connection pool."""
+    """(scheme, lower-case host, port) of ``url``: the key of the connection pool, and the
+    client's test of whether a URL is on the API's origin."""
     scheme = url.scheme
-    port = url.port or (443 if scheme == "https" else 80)
+    port = url.port if url.port is not None else (443 if scheme == "https" else 80)
     return (scheme, url.host.lower(), port)
 
 
@@ -184,7 +184,7 @@ class _Connection(asyncio.Protocol):
                 handle.cancel()
 
     def take(self) -> bytes:
-        """The body bytes received so far (resumes reading below the low-water mark)."""
+        """The body bytes received so far (reading resumes if it was paused: all is taken)."""
         data = self.chunks.popleft() if len(self.chunks) == 1 else b"".join(self.chunks)
         self.chunks.clear()
         self.buffered = 0
@@ -367,10 +367,8 @@ class Http11Transport(httpx.AsyncBaseTransport):
     def release(self, conn: _Connection) -> None:
         """Back to the pool when its answer was read to the end on a reusable connection."""
         conn.end()
-        if self._closed or not (conn.complete and conn.keep_alive and conn.error is None):
-            self._drop(conn)
-            return
-        if not conn.reusable():
+        finished = conn.complete and conn.keep_alive and conn.error is None
+        if self._closed or not finished or not conn.reusable():
             self._drop(conn)
             return
         conn.idle_since = time.monotonic()

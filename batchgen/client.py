@@ -48,6 +48,7 @@ import httpx
 
 from batchgen import __version__
 from batchgen._http11 import Http11Body, Http11Transport
+from batchgen._http11 import origin_of as _origin
 
 __all__ = [
     "DEFAULT_BASE_URL",
@@ -372,11 +373,6 @@ def _secure_url(url: httpx.URL) -> bool:
 
 
 _Origin = tuple[str, str, int]
-
-
-def _origin(url: httpx.URL) -> _Origin:
-    port = url.port if url.port is not None else (443 if url.scheme == "https" else 80)
-    return (url.scheme, url.host.lower(), port)
 
 
 @functools.lru_cache(maxsize=4096)
