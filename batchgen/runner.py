@@ -400,10 +400,14 @@ class Runner:
         nxt = self._next_job()
         if not isinstance(nxt, JobRecord):
             return None
+        self._take_submit_turn()
+        return nxt
+
+    def _take_submit_turn(self) -> None:
+        """A submit is about to go: a rate token, a slot and a submit in flight."""
         self._rate.try_acquire()
         self._in_flight += 1
         self._submits += 1
-        return nxt
 
     async def _submit_job(self, job: JobRecord) -> None:
         """Submit ``job`` (its slot and submit turn already taken), hand its task to
@@ -758,9 +762,7 @@ class Runner:
                 ):
                     self._buffer.append(job)  # not taken: back to the front of the queue
                     continue
-                self._rate.try_acquire()
-                self._in_flight += 1
-                self._submits += 1
+                self._take_submit_turn()
                 self._spawn(self._submit_job(job))
         finally:
             if interrupted or deadline_hit or self._tasks:
