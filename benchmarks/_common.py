@@ -172,10 +172,6 @@ def run_manifest(
     max_runtime: float | None = None,
 ) -> Measured:
     """``batchgen run MANIFEST --base-url URL`` in this process, timed and CPU-measured."""
-    # Import what a run imports lazily before the clock starts: module loading is interpreter
-    # start-up (and, under PYTHONDONTWRITEBYTECODE, compiling), not work of the run.
-    import batchgen._http11  # noqa: PLC0415
-    import batchgen.schemas  # noqa: F401, PLC0415
     from batchgen.session import RunRequest, run_session  # noqa: PLC0415
 
     req = RunRequest(
