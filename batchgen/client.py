@@ -40,7 +40,7 @@ from collections.abc import AsyncIterator, Callable, Generator, Mapping
 from dataclasses import dataclass, field
 from datetime import timezone
 from types import TracebackType
-from typing import Any, BinaryIO, Literal
+from typing import Any, Literal, Protocol
 from urllib.parse import quote, urlsplit
 
 import anyio
@@ -70,6 +70,7 @@ __all__ = [
     "TaskState",
     "TaskStatus",
     "TransportFailure",
+    "Writable",
     "api_key_from_env",
     "parse_retry_after",
     "resolve_base_url",
@@ -272,6 +273,13 @@ class TaskStatus:
     error: str | None = None
     raw: dict[str, Any] = field(default_factory=dict)
     duration_ms: int | None = None
+
+
+class Writable(Protocol):
+    """Where :meth:`ModellixClient.download` writes a body: anything with ``write(bytes)``."""
+
+    def write(self, data: bytes, /) -> object:
+        """Take the next chunk of the body (all of it)."""
 
 
 @dataclass(frozen=True)
@@ -881,8 +889,9 @@ class ModellixClient:
             exc._scrub(self._key.reveal() if self._key else None)
             raise
 
-    async def download(self, url: str, file: BinaryIO) -> DownloadResult:
-        """Stream the file at *url* into the open binary *file*; count bytes and sha256.
+    async def download(self, url: str, file: Writable) -> DownloadResult:
+        """Stream the file at *url* into *file* (an open binary file or any :class:`Writable`);
+        count bytes and sha256.
 
         The key is sent only when *url* is on the API's origin (never to a CDN). Redirects:
         at most three, each to https or loopback. Raises :class:`ResultExpired` (403/404/410),
@@ -1172,7 +1181,7 @@ class ModellixClient:
             retry_after=parse_retry_after(response.headers),
         )
 
-    async def _download(self, url: str, file: BinaryIO) -> DownloadResult:
+    async def _download(self, url: str, file: Writable) -> DownloadResult:
         current: str | httpx.URL = url  # a URL on the base URL is sent without parsing it
         if self._target_on_base(url) is None:
             try:
@@ -1247,7 +1256,7 @@ class ModellixClient:
         return ProtocolError(message, retryable=False, **common)
 
     async def _stream_to_file(
-        self, response: httpx.Response, file: BinaryIO, what: object
+        self, response: httpx.Response, file: Writable, what: object
     ) -> DownloadResult:
         cap = self.max_download_bytes
         declared = _content_length(response.headers)

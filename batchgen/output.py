@@ -1,9 +1,10 @@
 """The run directory's outputs: atomic, checked image files and ``metadata.jsonl``.
 
-A download goes to ``images/.<job_id>.<pid>.tmp``; :meth:`OutputDir.finalize`
-checks it (length, magic bytes, complete trailer: PNG ``IEND``, JPEG ``FFD9``,
-WEBP RIFF size), fsyncs it, renames it to ``images/<job_id>.<ext>`` and fsyncs
-the directory.  ``metadata.jsonl`` gets one line per finished image, in the shape
+A download goes to ``images/.<job_id>.<pid>.tmp`` through an :class:`ImageFile`,
+which checks it from the bytes written (length, magic bytes, complete trailer:
+PNG ``IEND``, JPEG ``FFD9``, WEBP RIFF size); :meth:`OutputDir.commit` fsyncs it,
+renames it to ``images/<job_id>.<ext>`` and fsyncs the directory, once for a
+whole batch of images.  ``metadata.jsonl`` gets one line per finished image, in the shape
 the ``datasets`` library's ``imagefolder`` builder loads (``file_name`` relative
 to the run directory); it can always be rebuilt from the state file
 (:func:`rebuild_metadata`).  Nothing is ever written outside the run directory:
@@ -14,24 +15,25 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import hashlib
 import json
 import os
 import re
 import struct
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, BinaryIO, Literal
+from typing import IO, Any, Literal
 
 from batchgen.state import DONE, JobRecord, ResultInfo, StateStore
 
 __all__ = [
     "EXTENSIONS",
     "ImageCheckError",
+    "ImageFile",
     "ImageInfo",
     "OutputDir",
     "check_image",
+    "check_image_bytes",
     "metadata_record",
     "open_atomic",
     "rebuild_metadata",
@@ -137,14 +139,21 @@ def check_image(path: Path, *, expected_bytes: int | None = None) -> ImageInfo:
     and the trailer; reads only the head and the tail of the file.
     """
     size = os.path.getsize(path)
-    if expected_bytes is not None and size != expected_bytes:
-        raise ImageCheckError(f"file has {size} bytes, expected {expected_bytes}")
-    if size < 16:
-        raise ImageCheckError(f"file too short to be an image ({size} bytes)")
     with open(path, "rb") as f:
         head = f.read(_HEAD)
         f.seek(max(size - 16, 0))
         tail = f.read(16)
+    return check_image_bytes(head, tail, size, expected_bytes=expected_bytes)
+
+
+def check_image_bytes(
+    head: bytes, tail: bytes, size: int, *, expected_bytes: int | None = None
+) -> ImageInfo:
+    """:func:`check_image` on what it reads: the first 64 KiB, the last 16 bytes, the size."""
+    if expected_bytes is not None and size != expected_bytes:
+        raise ImageCheckError(f"file has {size} bytes, expected {expected_bytes}")
+    if size < 16:
+        raise ImageCheckError(f"file too short to be an image ({size} bytes)")
     fmt = sniff_format(head)
     if fmt == "png":
         if not tail.endswith(_PNG_IEND):
@@ -203,6 +212,70 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+class ImageFile:
+    """A download on its way to ``images/``: the open temp file and what the checks need.
+
+    :meth:`write` takes the body as it arrives and keeps its head and tail, so
+    :meth:`check` never reads the file back; :meth:`OutputDir.commit` makes it durable
+    under its final name; :meth:`discard` removes it.
+    """
+
+    def __init__(self, job_id: str, path: Path) -> None:
+        self.job_id = _check_job_id(job_id)
+        self.path = path
+        self.size = 0
+        self._head = bytearray()
+        self._tail = b""
+        self._fd: int | None = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+
+    def write(self, data: bytes) -> int:
+        """Append ``data`` to the file (all of it; ``OSError`` such as ENOSPC propagates)."""
+        if self._fd is None:
+            raise ValueError("write to a closed image file")
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self._fd, view) :]
+        if len(self._head) < _HEAD:
+            self._head += data[: _HEAD - len(self._head)]
+        self._tail = (self._tail + data[-16:])[-16:]
+        self.size += len(data)
+        return len(data)
+
+    def check(self, *, expected_bytes: int | None = None, sha256: str) -> ResultInfo:
+        """Check the bytes written (see :func:`check_image`); return what to record once
+        the file is committed.  The format comes from the bytes, never from a declaration."""
+        info = check_image_bytes(
+            bytes(self._head), self._tail, self.size, expected_bytes=expected_bytes
+        )
+        return ResultInfo(
+            result_path=f"{IMAGES_DIR}/{self.job_id}.{EXTENSIONS[info.format]}",
+            sha256=sha256,
+            bytes=info.bytes,
+            format=info.format,
+            width=info.width,
+            height=info.height,
+        )
+
+    def place(self, final: Path) -> None:
+        """fsync the file, close it and rename it to ``final`` (the folder is not fsynced)."""
+        if self._fd is None:
+            raise ValueError("image file already closed")
+        fd, self._fd = self._fd, None
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(self.path, final)
+
+    def discard(self) -> None:
+        """Close and remove the temp file (nothing happens when it is already gone)."""
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+
+
 class OutputDir:
     """The ``images/`` folder and ``metadata.jsonl`` of one run directory."""
 
@@ -212,6 +285,7 @@ class OutputDir:
         self.metadata_path = self.run_dir / METADATA_NAME
         self._meta: IO[bytes] | None = None
         self._unsynced = 0
+        self._dir_fd: int | None = None
 
     # ------------------------------------------------------------------ start
     def prepare(self, store: StateStore | None = None) -> dict[str, int]:
@@ -263,67 +337,44 @@ class OutputDir:
         """The temporary download file of ``job_id`` for this process."""
         return self.images / f".{_check_job_id(job_id)}.{os.getpid()}.tmp"
 
-    @contextlib.contextmanager
-    def open_temp(self, job_id: str) -> Iterator[tuple[Path, BinaryIO]]:
-        """Open a fresh temporary file (mode 0600) for a download; removed on error."""
-        path = self.temp_path(job_id)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        f = os.fdopen(fd, "wb")
-        try:
-            yield path, f
-        except BaseException:
-            f.close()
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
-            raise
-        f.close()
+    def new_image(self, job_id: str) -> ImageFile:
+        """A fresh temporary file (mode 0600) for the download of ``job_id``."""
+        return ImageFile(job_id, self.temp_path(job_id))
 
-    def finalize(
-        self,
-        job_id: str,
-        tmp: Path,
-        *,
-        expected_bytes: int | None = None,
-        sha256: str | None = None,
-        declared_format: str | None = None,
-    ) -> ResultInfo:
-        """Check, fsync and atomically rename a finished download; return what to record.
+    def commit(self, images: Sequence[tuple[ImageFile, ResultInfo]]) -> list[OSError | None]:
+        """Make checked downloads durable under their final names; blocks (run it off the loop).
 
-        The file's format comes from its bytes (a declared format that disagrees is
-        ignored); it must be one of :data:`EXTENSIONS`.  Raises
-        :class:`ImageCheckError` (the temp file is removed).
+        Each file is fsynced and renamed to its ``result_path``, then ``images/`` is fsynced
+        once for the whole batch.  Returns, in order, ``None`` for each image now durable or
+        the ``OSError`` that stopped it; a failed image's temp file is removed, and when the
+        folder's fsync fails every image of the batch gets that error (their files stay, and
+        :meth:`prepare` removes them on the next run unless their jobs were marked done).
+
+        Another format's file of the same job is not looked for: after :meth:`prepare`, no job
+        that is not done has an image file.
         """
-        _check_job_id(job_id)
-        try:
-            info = check_image(tmp, expected_bytes=expected_bytes)
-            ext = EXTENSIONS[info.format]
-            if sha256 is None:
-                sha256 = _sha256_file(tmp)
-            fd = os.open(tmp, os.O_RDONLY)
+        outcomes: list[OSError | None] = []
+        placed = False
+        for image, result in images:
             try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            final = self.images / f"{job_id}.{ext}"
-            for other in EXTENSIONS.values():  # a previous attempt in another format
-                if other != ext:
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(self.images / f"{job_id}.{other}")
-            os.replace(tmp, final)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
-        _fsync_dir(self.images)
-        del declared_format  # the bytes decide
-        return ResultInfo(
-            result_path=f"{IMAGES_DIR}/{job_id}.{ext}",
-            sha256=sha256,
-            bytes=info.bytes,
-            format=info.format,
-            width=info.width,
-            height=info.height,
-        )
+                image.place(self.run_dir / result.result_path)
+            except OSError as exc:
+                image.discard()
+                outcomes.append(exc)
+            else:
+                outcomes.append(None)
+                placed = True
+        if placed:
+            try:
+                os.fsync(self._images_fd())
+            except OSError as exc:
+                return [exc] * len(outcomes)
+        return outcomes
+
+    def _images_fd(self) -> int:
+        if self._dir_fd is None:
+            self._dir_fd = os.open(self.images, os.O_RDONLY | os.O_DIRECTORY)
+        return self._dir_fd
 
     # --------------------------------------------------------------- metadata
     def append_metadata(self, job: JobRecord) -> None:
@@ -342,19 +393,14 @@ class OutputDir:
             self._unsynced = 0
 
     def close(self) -> None:
-        """fsync and close ``metadata.jsonl``."""
+        """fsync and close ``metadata.jsonl`` (and the folder handle :meth:`commit` keeps)."""
         if self._meta is not None:
             self.sync()
             self._meta.close()
             self._meta = None
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+        if self._dir_fd is not None:
+            os.close(self._dir_fd)
+            self._dir_fd = None
 
 
 @contextlib.contextmanager

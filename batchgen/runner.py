@@ -49,6 +49,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from batchgen._durable import ImageCommitter
 from batchgen._pacing import AimdLimit, DownloadLane, RateLimiter, backoff_delay
 from batchgen._polling import PollSchedule
 from batchgen._reasons import failure_reason
@@ -61,9 +62,9 @@ from batchgen.client import (
     Resource,
     ResultExpired,
 )
-from batchgen.output import ImageCheckError, OutputDir
+from batchgen.output import ImageCheckError, ImageFile, OutputDir
 from batchgen.progress import Progress
-from batchgen.state import ALL_STATES, JobRecord, StateError, StateStore
+from batchgen.state import ALL_STATES, JobRecord, ResultInfo, StateError, StateStore
 
 __all__ = ["EXIT_CODES", "LimitsLike", "RunOptions", "RunSummary", "Runner", "run_jobs"]
 
@@ -213,6 +214,7 @@ class Runner:
         self.limits = limits
         self.opts = options or RunOptions()
         self.output = output or OutputDir(store.path.parent)
+        self._committer = ImageCommitter(self.output)
         self.summary = RunSummary()
         self._rng = random.Random(self.opts.seed)
         self._rate = RateLimiter(limits.rate)
@@ -614,17 +616,8 @@ class Runner:
         while True:
             tries += 1
             try:
-                with self.output.open_temp(job_id) as (tmp, f):
-                    got = await self.client.download(resource.url, f)
-                    f.flush()
-                result = await asyncio.to_thread(
-                    self.output.finalize,
-                    job_id,
-                    tmp,
-                    expected_bytes=got.bytes,
-                    sha256=got.sha256,
-                    declared_format=resource.format,
-                )
+                image, result = await self._fetch(job_id, resource)
+                await self._committer.commit(image, result)
             except ResultExpired as exc:
                 if attempts >= 1 + self.limits.retries:
                     self.store.mark_expired(job_id, f"result URL expired: {exc}")
@@ -663,6 +656,16 @@ class Runner:
             except OSError as exc:  # the next run rebuilds metadata.jsonl from the state file
                 self._stop(f"cannot append to metadata.jsonl: {exc}", EXIT_CODES["stopped"])
             return
+
+    async def _fetch(self, job_id: str, resource: Resource) -> tuple[ImageFile, ResultInfo]:
+        """Download into a new temp file and check it; the file is removed on any error."""
+        image = self.output.new_image(job_id)
+        try:
+            got = await self.client.download(resource.url, image)
+            return image, image.check(expected_bytes=got.bytes, sha256=got.sha256)
+        except BaseException:
+            image.discard()
+            raise
 
     # ------------------------------------------------------------------- run
     async def run(self) -> RunSummary:
@@ -777,6 +780,7 @@ class Runner:
                 stop_watch.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await stop_watch
+            self._committer.close()
             self.output.close()
         counts = self.store.counts()
         if progress is not None:

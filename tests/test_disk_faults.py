@@ -9,9 +9,7 @@ in a child process against the simulator on a loopback port.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
-import io
 import os
 import resource
 import shutil
@@ -21,13 +19,13 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import pytest
 
 from batchgen.cli import main
 from batchgen.manifest import Limits, load_manifest
-from batchgen.output import OutputDir
+from batchgen.output import ImageFile, OutputDir
 from batchgen.session import RunRequest, run_session
 from batchgen.simulator import Simulator, serve_in_thread
 from batchgen.state import LOCK_NAME, StateStore, lock_holder
@@ -438,29 +436,6 @@ def test_lock_file_with_garbage_in_it_is_taken_over(
 
 
 # ------------------------------------------------------------- ENOSPC, in process
-class _FullDisk(io.RawIOBase):
-    """A file that takes ``room`` bytes, then fails every write with ENOSPC."""
-
-    def __init__(self, inner: BinaryIO, room: int) -> None:
-        self.inner = inner
-        self.room = room
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, data: Any) -> int:
-        if len(data) > self.room:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        self.room -= len(data)
-        return self.inner.write(data)
-
-    def flush(self) -> None:
-        self.inner.flush()
-
-    def fileno(self) -> int:
-        return self.inner.fileno()
-
-
 DISK_LIMITS = Limits(concurrency=4, rate=1000.0, retries=3, timeout=60.0)
 
 
@@ -473,21 +448,21 @@ async def _run_jobs(run_dir: Path, n: int) -> Any:
 def test_no_space_left_during_downloads_stops_cleanly_and_rerun_loses_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_open_temp = OutputDir.open_temp
+    real_write = ImageFile.write
 
-    @contextlib.contextmanager
-    def full(self: OutputDir, job_id: str) -> Iterator[tuple[Path, Any]]:
-        with real_open_temp(self, job_id) as (path, f):
-            yield path, _FullDisk(f, room=10_000)
+    def full(self: ImageFile, data: bytes) -> int:
+        if self.size + len(data) > 10_000:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_write(self, data)
 
-    monkeypatch.setattr(OutputDir, "open_temp", full)
+    monkeypatch.setattr(ImageFile, "write", full)
     summary = asyncio.run(_run_jobs(tmp_path, 6))
     assert summary.exit_code == 3
     assert summary.stop_reason is not None
     assert "No space left on device" in summary.stop_reason
     assert summary.counts["done"] == 0
     assert not list((tmp_path / "images").iterdir())  # no partial file
-    monkeypatch.setattr(OutputDir, "open_temp", real_open_temp)  # space freed
+    monkeypatch.setattr(ImageFile, "write", real_write)  # space freed
     summary = asyncio.run(_run_jobs(tmp_path, 6))
     assert summary.exit_code == 0, summary.format()
     assert check_run_dir(tmp_path)["done"] == 6

@@ -1,24 +1,32 @@
-"""Image checks, atomic finalisation and metadata.jsonl."""
+"""Image checks, atomic commits of downloads and metadata.jsonl."""
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import json
 import os
 import stat
 import struct
+import tempfile
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from batchgen.output import (
+    EXTENSIONS,
     ImageCheckError,
+    ImageInfo,
     OutputDir,
     check_image,
     rebuild_metadata,
     sniff_format,
 )
-from batchgen.state import StateStore
+from batchgen.state import ResultInfo, StateStore
 
 
 def png(width: int = 3, height: int = 2) -> bytes:
@@ -91,13 +99,79 @@ def test_length_mismatch_and_non_images_fail(tmp_path: Path) -> None:
         check_image(path)
 
 
+def big_png() -> bytes:
+    """A PNG past the 64 KiB head the checks keep (a large ancillary chunk in the middle)."""
+    small = png(4, 3)
+    pad = b"x" * 70_000
+    chunk = struct.pack(">I", len(pad)) + b"teXt" + pad + struct.pack(">I", zlib.crc32(pad))
+    return small[:33] + chunk + small[33:]
+
+
+def _outcome(check: Callable[[], ImageInfo | ResultInfo]) -> tuple[object, ...]:
+    try:
+        info = check()
+    except ImageCheckError as exc:
+        return ("refused", str(exc))
+    return (info.format, info.width, info.height, info.bytes)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    data=st.sampled_from([png(), jpeg(), webp(), big_png(), b"GIF89a not allowed here..."]),
+    cut=st.integers(min_value=0, max_value=40),
+    extra=st.binary(max_size=20),
+    splits=st.lists(st.integers(min_value=0, max_value=80_000), max_size=6),
+)
+def test_image_file_checks_the_bytes_written_as_check_image_checks_the_file(
+    data: bytes, cut: int, extra: bytes, splits: list[int]
+) -> None:
+    """However the body arrives in chunks, the in-stream check agrees with reading the file."""
+    body = (data[: len(data) - cut] if cut else data) + extra
+    bounds = sorted({0, len(body), *(min(x, len(body)) for x in splits)})
+    with tempfile.TemporaryDirectory() as tmp:
+        out = OutputDir(Path(tmp))
+        out.prepare()
+        image = out.new_image("j1")
+        for a, b in itertools.pairwise(bounds):
+            image.write(body[a:b])
+        assert image.size == len(body)
+        from_file = _outcome(lambda: check_image(image.path, expected_bytes=len(body)))
+        from_stream = _outcome(lambda: image.check(expected_bytes=len(body), sha256="0" * 64))
+        assert from_stream == from_file
+        if from_file[0] in EXTENSIONS:
+            path = image.check(sha256="0" * 64).result_path
+            assert path == f"images/j1.{EXTENSIONS[str(from_file[0])]}"
+        image.discard()
+        assert os.listdir(out.images) == []
+
+
+def test_commit_places_each_image_and_removes_only_the_one_that_failed(tmp_path: Path) -> None:
+    out = OutputDir(tmp_path)
+    out.prepare()
+    batch = []
+    for job_id, data in (("a1", png()), ("b2", jpeg()), ("c3", webp())):
+        image = out.new_image(job_id)
+        image.write(data)
+        batch.append((image, image.check(sha256=hashlib.sha256(data).hexdigest())))
+    # b2's final name is taken by a folder: its rename fails, the others go through.
+    (tmp_path / "images" / "b2.jpg").mkdir()
+    outcomes = out.commit(batch)
+    out.close()
+    assert [type(o).__name__ for o in outcomes] == ["NoneType", "IsADirectoryError", "NoneType"]
+    assert sorted(os.listdir(tmp_path / "images")) == ["a1.png", "b2.jpg", "c3.webp"]
+    assert (tmp_path / "images" / "a1.png").read_bytes() == png()
+    assert (tmp_path / "images" / "c3.webp").read_bytes() == webp()
+    assert stat.S_IMODE(os.stat(tmp_path / "images" / "c3.webp").st_mode) == 0o600
+
+
 def make_done_job(store: StateStore, out: OutputDir, job_id: str, data: bytes) -> None:
     store.mark_submitting(job_id)
     store.mark_running(job_id, f"task-{job_id}", None)
     store.mark_downloading(job_id)
-    with out.open_temp(job_id) as (tmp, f):
-        f.write(data)
-    result = out.finalize(job_id, tmp, expected_bytes=len(data))
+    image = out.new_image(job_id)
+    image.write(data)
+    result = image.check(expected_bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
+    assert out.commit([(image, result)]) == [None]
     store.mark_done(job_id, result)
     out.append_metadata(store.get(job_id))
 
@@ -111,7 +185,7 @@ class Job:
         self.group = "jobs[0]"
 
 
-def test_finalize_renames_atomically_and_metadata_lines_match(tmp_path: Path) -> None:
+def test_committed_images_are_in_place_and_metadata_lines_match(tmp_path: Path) -> None:
     run = tmp_path / "run"
     with StateStore.open(run) as store:
         store.add_jobs([Job("a1", "a fox"), Job("b2", "a teacup")])
@@ -140,13 +214,15 @@ def test_finalize_renames_atomically_and_metadata_lines_match(tmp_path: Path) ->
         assert (run / "metadata.jsonl").read_bytes() == before
 
 
-def test_a_bad_download_leaves_no_file(tmp_path: Path) -> None:
+def test_a_bad_download_is_refused_from_the_bytes_written_and_discarded(tmp_path: Path) -> None:
     out = OutputDir(tmp_path)
     out.prepare()
-    with out.open_temp("j1") as (tmp, f):
-        f.write(png()[:-5])
-    with pytest.raises(ImageCheckError):
-        out.finalize("j1", tmp)
+    image = out.new_image("j1")
+    image.write(png()[:-5])
+    with pytest.raises(ImageCheckError, match="truncated"):
+        image.check(sha256="0" * 64)
+    assert os.listdir(tmp_path / "images") == [image.path.name]
+    image.discard()
     assert os.listdir(tmp_path / "images") == []
 
 

@@ -178,9 +178,9 @@ def test_forced_internal_error_traceback_has_no_key(
     _debug_setup_logging(monkeypatch)
 
     def broken(self: OutputDir, *args: object, **kwargs: object) -> None:
-        raise RuntimeError("forced failure while finalizing a download")
+        raise RuntimeError("forced failure while committing a download")
 
-    monkeypatch.setattr(OutputDir, "finalize", broken)
+    monkeypatch.setattr(OutputDir, "commit", broken)
     run_dir = tmp_path / "run"
     argv = ["run", str(write_manifest(tmp_path)), "--output", str(run_dir)]
     code = main([*argv, "--base-url", canary_url])
