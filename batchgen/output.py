@@ -132,7 +132,7 @@ def _webp_size(head: bytes) -> tuple[int | None, int | None]:
     return None, None
 
 
-def check_image(path: Path, *, expected_bytes: int | None = None) -> ImageInfo:
+def check_image(path: str | os.PathLike[str], *, expected_bytes: int | None = None) -> ImageInfo:
     """Check that ``path`` is a complete PNG, JPEG or WEBP file; raise :class:`ImageCheckError`.
 
     Checks the length (against ``expected_bytes`` when given), the magic bytes
@@ -220,7 +220,7 @@ class ImageFile:
     under its final name; :meth:`discard` removes it.
     """
 
-    def __init__(self, job_id: str, path: Path) -> None:
+    def __init__(self, job_id: str, path: str) -> None:
         self.job_id = _check_job_id(job_id)
         self.path = path
         self.size = 0
@@ -256,7 +256,7 @@ class ImageFile:
             height=info.height,
         )
 
-    def place(self, final: Path) -> None:
+    def place(self, final: str) -> None:
         """fsync the file, close it and rename it to ``final`` (the folder is not fsynced)."""
         if self._fd is None:
             raise ValueError("image file already closed")
@@ -286,6 +286,9 @@ class OutputDir:
         self._meta: IO[bytes] | None = None
         self._unsynced = 0
         self._dir_fd: int | None = None
+        self._pid = os.getpid()
+        self._run_dir_str = os.fspath(self.run_dir)
+        self._images_str = os.fspath(self.images)
 
     # ------------------------------------------------------------------ start
     def prepare(self, store: StateStore | None = None) -> dict[str, int]:
@@ -335,11 +338,15 @@ class OutputDir:
     # -------------------------------------------------------------- downloads
     def temp_path(self, job_id: str) -> Path:
         """The temporary download file of ``job_id`` for this process."""
-        return self.images / f".{_check_job_id(job_id)}.{os.getpid()}.tmp"
+        return self.images / self._temp_name(job_id)
+
+    def _temp_name(self, job_id: str) -> str:
+        return f".{_check_job_id(job_id)}.{self._pid}.tmp"
 
     def new_image(self, job_id: str) -> ImageFile:
         """A fresh temporary file (mode 0600) for the download of ``job_id``."""
-        return ImageFile(job_id, self.temp_path(job_id))
+        # Plain strings: a pathlib join per image cost more than the file's creation in Python.
+        return ImageFile(job_id, os.path.join(self._images_str, self._temp_name(job_id)))
 
     def commit(self, images: Sequence[tuple[ImageFile, ResultInfo]]) -> list[OSError | None]:
         """Make checked downloads durable under their final names; blocks (run it off the loop).
@@ -357,7 +364,7 @@ class OutputDir:
         placed = False
         for image, result in images:
             try:
-                image.place(self.run_dir / result.result_path)
+                image.place(os.path.join(self._run_dir_str, result.result_path))
             except OSError as exc:
                 image.discard()
                 outcomes.append(exc)

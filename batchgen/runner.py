@@ -649,10 +649,10 @@ class Runner:
                 self._stop(f"cannot write the result of job {job_id}: {exc}", EXIT_CODES["stopped"])
                 return
             self.summary.downloads += 1
-            self.store.mark_done(job_id, result)
+            done = self.store.mark_done(job_id, result)
             self._moved("downloading", "done")
             try:
-                self.output.append_metadata(self.store.get(job_id))
+                self.output.append_metadata(done)
             except OSError as exc:  # the next run rebuilds metadata.jsonl from the state file
                 self._stop(f"cannot append to metadata.jsonl: {exc}", EXIT_CODES["stopped"])
             return

@@ -23,6 +23,7 @@ while the run writes.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import fcntl
 import json
@@ -33,7 +34,7 @@ import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 __all__ = [
     "ACTIVE_STATES",
@@ -718,15 +719,32 @@ class StateStore:
         attempts_delta: int = 0,
     ) -> int:
         """Move one job and append its event in one transaction; returns its attempts."""
+        return self._move_job(job_id, to_state, detail, sets, attempts_delta, full=False)[0]
+
+    def _move_job(
+        self,
+        job_id: str,
+        to_state: str,
+        detail: str | None,
+        sets: Mapping[str, Any] | None,
+        attempts_delta: int,
+        *,
+        full: bool,
+    ) -> tuple[int, JobRecord | None]:
+        """:meth:`_move`; with ``full`` also the job's row as it is after the move."""
         allowed = _FROM[to_state]
         now = time.time()
         with self._tx() as c:
-            row = c.execute(
-                "SELECT state, attempts FROM jobs WHERE job_id = ?", (job_id,)
-            ).fetchone()
-            if row is None:
+            if full:
+                row = c.execute(f"{_SELECT} WHERE job_id = ?", (job_id,)).fetchone()
+                before = row and (row[5], row[6])
+            else:
+                before = c.execute(
+                    "SELECT state, attempts FROM jobs WHERE job_id = ?", (job_id,)
+                ).fetchone()
+            if before is None:
                 raise KeyError(job_id)
-            from_state, attempts = row
+            from_state, attempts = before
             if from_state not in allowed:
                 raise IllegalTransition(f"job {job_id}: {from_state} -> {to_state} is not allowed")
             attempts = max(attempts + attempts_delta, 0)
@@ -738,7 +756,9 @@ class StateStore:
                 " VALUES (?, ?, ?, ?, ?)",
                 (job_id, now, from_state, to_state, detail),
             )
-        return int(attempts)
+        if not full:
+            return int(attempts), None
+        return int(attempts), dataclasses.replace(_row_to_record(row), **fields)
 
     def mark_submitting(self, job_id: str) -> int:
         """pending → submitting (committed before the request is sent); counts an attempt."""
@@ -763,9 +783,9 @@ class StateStore:
         """running → downloading: the task succeeded."""
         return self._move(job_id, DOWNLOADING, detail)
 
-    def mark_done(self, job_id: str, result: ResultInfo) -> int:
-        """downloading → done with the checked file's facts."""
-        return self._move(
+    def mark_done(self, job_id: str, result: ResultInfo) -> JobRecord:
+        """downloading → done with the checked file's facts; returns the job as recorded."""
+        _, job = self._move_job(
             job_id,
             DONE,
             result.result_path,
@@ -779,7 +799,10 @@ class StateStore:
                 "height": result.height,
                 "last_error": None,
             },
+            0,
+            full=True,
         )
+        return cast(JobRecord, job)  # full=True: never None
 
     def mark_pending(self, job_id: str, reason: str, *, refund_attempt: bool = False) -> int:
         """Back to pending for another attempt (clears the task); ``refund_attempt`` when the

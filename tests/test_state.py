@@ -132,8 +132,11 @@ def test_transitions_write_the_row_and_an_event(tmp_path: Path) -> None:
         assert store.mark_submitting("j00000") == 1
         store.mark_running("j00000", "task-1", "http://127.0.0.1/api/v1/tasks/task-1")
         store.mark_downloading("j00000")
-        store.mark_done("j00000", ResultInfo("images/j00000.png", "ab" * 32, 10, "png", 4, 4))
+        done = store.mark_done(
+            "j00000", ResultInfo("images/j00000.png", "ab" * 32, 10, "png", 4, 4)
+        )
         rec = store.get("j00000")
+        assert done == rec  # the record mark_done returns is the row as written
         assert (rec.state, rec.task_id, rec.result_path, rec.width) == (
             "done",
             "task-1",
