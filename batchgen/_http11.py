@@ -12,10 +12,12 @@ and httpx's own request and response objects at the edges, so callers keep httpx
 Only what :class:`batchgen.client.ModellixClient` uses is supported: HTTP/1.1 (and 1.0
 answers), byte request bodies, bodies delimited by ``Content-Length``, chunked encoding
 or the end of the connection, httpx's ``timeout`` extension (``connect``, ``read``,
-``pool``), TLS with httpx's default context.  Errors are the httpx exceptions that say
-what happened, because the client classifies on them: nothing was sent
-(``ConnectError``, ``ConnectTimeout``, ``PoolTimeout``), or the request may have been
-processed (``ReadError``, ``ReadTimeout``, ``RemoteProtocolError``).
+``pool``) and an optional deadline for a whole exchange, TLS with httpx's default
+context.  Errors are the httpx exceptions that say what happened, because the client
+classifies on them: nothing was sent (``ConnectError``, ``ConnectTimeout``,
+``PoolTimeout``), or the request may have been processed (``ReadError``, ``ReadTimeout``,
+``RemoteProtocolError``); past the deadline, :class:`TimeoutError`.  Read timeouts and
+deadlines share one timer per transport (:class:`_Expiries`), not one per wait.
 """
 
 from __future__ import annotations
@@ -50,11 +52,70 @@ def _timeout(timeouts: Mapping[str, Any], key: str) -> float | None:
     return float(value) if value is not None else None
 
 
+def _left(loop: asyncio.AbstractEventLoop, *ends: float | None) -> float | None:
+    """Seconds to the earliest of ``ends`` (loop times; ``None`` is no end), at least 0."""
+    bounded = [end for end in ends if end is not None]
+    return max(min(bounded) - loop.time(), 0.0) if bounded else None
+
+
+def _raise_if_past(loop: asyncio.AbstractEventLoop, deadline: float | None) -> None:
+    if deadline is not None and loop.time() >= deadline - 0.001:
+        raise TimeoutError("the operation's deadline passed")
+
+
+class _Expiries:
+    """When the waits of a transport's connections end unanswered, checked by one timer set
+    for the earliest of them, instead of a timer per wait (those cost about 5% of the runner's
+    CPU, benchmarks/README.md).  With one read timeout for every wait, each new expiry is later
+    than the earliest, so the timer seldom moves: it fires about once per read timeout."""
+
+    def __init__(self) -> None:
+        self._waits: dict[_Connection, tuple[float, bool]] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def add(
+        self, loop: asyncio.AbstractEventLoop, conn: _Connection, expiry: float, deadline: bool
+    ) -> None:
+        """Fail ``conn``'s wait at ``expiry`` (loop time): with :class:`TimeoutError` when it
+        is the operation's ``deadline``, else with ``httpx.ReadTimeout``."""
+        self._waits[conn] = (expiry, deadline)
+        timer = self._timer
+        if loop is not self._loop:  # a timer of another (closed) loop never fires
+            self._loop, timer = loop, None
+        if timer is None or expiry < timer.when():
+            if timer is not None:
+                timer.cancel()
+            self._timer = loop.call_at(expiry, self._check, loop)
+
+    def discard(self, conn: _Connection) -> None:
+        """``conn``'s wait ended."""
+        self._waits.pop(conn, None)
+
+    def _check(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._timer = None
+        now = loop.time() + 0.001  # timers may fire a hair early
+        earliest: float | None = None
+        for conn, (expiry, deadline) in list(self._waits.items()):
+            if expiry <= now:
+                del self._waits[conn]
+                conn.expire(
+                    TimeoutError("the operation's deadline passed")
+                    if deadline
+                    else httpx.ReadTimeout("no answer within the read timeout")
+                )
+            elif earliest is None or expiry < earliest:
+                earliest = expiry
+        if earliest is not None:
+            self._timer = loop.call_at(earliest, self._check, loop)
+
+
 class _Connection(asyncio.Protocol):
     """One keep-alive connection; carries one exchange at a time."""
 
-    def __init__(self, origin: tuple[str, str, int]) -> None:
+    def __init__(self, origin: tuple[str, str, int], expiries: _Expiries) -> None:
         self.origin = origin
+        self._expiries = expiries
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.idle_since = 0.0
@@ -171,17 +232,30 @@ class _Connection(asyncio.Protocol):
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    async def wait(self, timeout: float | None) -> None:
-        """Until the parser made progress (or the connection ended), at most ``timeout`` s."""
+    async def wait(self, timeout: float | None, deadline: float | None = None) -> None:
+        """Until the parser made progress (or the connection ended): at most ``timeout`` s
+        (then ``httpx.ReadTimeout``) and not past ``deadline``, a loop time (then
+        :class:`TimeoutError`)."""
         loop = asyncio.get_running_loop()
         waiter = self._waiter = loop.create_future()
-        handle = loop.call_later(timeout, _expire, waiter) if timeout is not None else None
+        expiry = None if timeout is None else loop.time() + timeout
+        by_deadline = deadline is not None and (expiry is None or deadline < expiry)
+        if by_deadline:
+            expiry = deadline
+        if expiry is not None:
+            self._expiries.add(loop, self, expiry, by_deadline)
         try:
             await waiter
         finally:
             self._waiter = None
-            if handle is not None:
-                handle.cancel()
+            if expiry is not None:
+                self._expiries.discard(self)
+
+    def expire(self, error: Exception) -> None:
+        """End the current wait with ``error`` (a timeout)."""
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(error)
 
     def take(self) -> bytes:
         """The body bytes received so far (reading resumes if it was paused: all is taken)."""
@@ -202,20 +276,22 @@ class _Connection(asyncio.Protocol):
         return not self.closed and self.transport is not None and not self.transport.is_closing()
 
 
-def _expire(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_exception(httpx.ReadTimeout("no answer within the read timeout"))
-
-
 class Http11Body(httpx.AsyncByteStream):
     """An answer's body; closing it returns the connection to the pool or closes it."""
 
-    __slots__ = ("_conn", "_pool", "_read_timeout", "_released")
+    __slots__ = ("_conn", "_deadline", "_pool", "_read_timeout", "_released")
 
-    def __init__(self, conn: _Connection, pool: Http11Transport, read_timeout: float | None):
+    def __init__(
+        self,
+        conn: _Connection,
+        pool: Http11Transport,
+        read_timeout: float | None,
+        deadline: float | None = None,
+    ):
         self._conn = conn
         self._pool = pool
         self._read_timeout = read_timeout
+        self._deadline = deadline
         self._released = False
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
@@ -228,7 +304,7 @@ class Http11Body(httpx.AsyncByteStream):
                 return
             if conn.error is not None:
                 raise conn.error
-            await conn.wait(self._read_timeout)
+            await conn.wait(self._read_timeout, self._deadline)
 
     async def aclose(self) -> None:
         if not self._released:
@@ -262,6 +338,7 @@ class Http11Transport(httpx.AsyncBaseTransport):
         self._open = 0  # connections open or being opened
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._closed = False
+        self._expiries = _Expiries()
 
     # -- pool ------------------------------------------------------------------------------------
 
@@ -308,9 +385,10 @@ class Http11Transport(httpx.AsyncBaseTransport):
         return True
 
     async def _acquire(
-        self, origin: tuple[str, str, int], timeouts: Mapping[str, Any]
+        self, origin: tuple[str, str, int], timeouts: Mapping[str, Any], deadline: float | None
     ) -> _Connection:
-        deadline: float | None = None
+        loop = asyncio.get_running_loop()
+        pool_deadline: float | None = None
         while True:
             conn = self._take_idle(origin)
             if conn is not None:
@@ -318,41 +396,47 @@ class Http11Transport(httpx.AsyncBaseTransport):
             if self._open < self._limit or self._close_an_idle_connection():
                 self._open += 1
                 try:
-                    return await self._connect(origin, timeouts)
+                    return await self._connect(origin, timeouts, deadline)
                 except BaseException:
                     self._open -= 1
                     self._notify()
                     raise
             pool_timeout = _timeout(timeouts, "pool")
-            if pool_timeout is not None and deadline is None:
-                deadline = time.monotonic() + pool_timeout
-            waiter = asyncio.get_running_loop().create_future()
+            if pool_timeout is not None and pool_deadline is None:
+                pool_deadline = loop.time() + pool_timeout
+            waiter = loop.create_future()
             self._waiters.append(waiter)
             try:
-                left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
-                await asyncio.wait_for(waiter, left)
+                await asyncio.wait_for(waiter, _left(loop, pool_deadline, deadline))
             except asyncio.TimeoutError as exc:
+                _raise_if_past(loop, deadline)
                 raise httpx.PoolTimeout("no free connection within the pool timeout") from exc
             finally:
                 if not waiter.done():
                     waiter.cancel()
 
     async def _connect(
-        self, origin: tuple[str, str, int], timeouts: Mapping[str, Any]
+        self, origin: tuple[str, str, int], timeouts: Mapping[str, Any], deadline: float | None
     ) -> _Connection:
         scheme, host, port = origin
         loop = asyncio.get_running_loop()
-        conn = _Connection(origin)
+        conn = _Connection(origin, self._expiries)
         tls = self._ssl_context() if scheme == "https" else None
+        connect_timeout = _timeout(timeouts, "connect")
         try:
             transport, _ = await asyncio.wait_for(
                 loop.create_connection(
                     lambda: conn, host, port, ssl=tls, server_hostname=host if tls else None
                 ),
-                _timeout(timeouts, "connect"),
+                _left(
+                    loop,
+                    None if connect_timeout is None else loop.time() + connect_timeout,
+                    deadline,
+                ),
             )
         except asyncio.TimeoutError as exc:
             conn.close()
+            _raise_if_past(loop, deadline)
             raise httpx.ConnectTimeout(f"cannot connect to {host}:{port}: timeout") from exc
         except (OSError, ssl.SSLError, ValueError) as exc:
             conn.close()
@@ -393,19 +477,24 @@ class Http11Transport(httpx.AsyncBaseTransport):
         )
 
     async def send_message(
-        self, origin: tuple[str, str, int], message: bytes, timeouts: Mapping[str, Any]
+        self,
+        origin: tuple[str, str, int],
+        message: bytes,
+        timeouts: Mapping[str, Any],
+        deadline: float | None = None,
     ) -> httpx.Response:
         """Send one complete HTTP/1.1 request ``message`` (head and body, ``Host`` included)
         to ``origin`` (scheme, host, port); the answer's body is streamed (read it, then
         close it).  ``timeouts`` has httpx's ``timeout`` extension keys.  Callers that build
         the same head many times (:class:`batchgen.client.ModellixClient`) skip building an
-        :class:`httpx.Request` this way."""
+        :class:`httpx.Request` this way.  ``deadline`` (a loop time) bounds the whole
+        exchange, body included: past it, waits end with :class:`TimeoutError`."""
         if self._closed:
             raise RuntimeError("the transport is closed")
         if origin[0] not in ("http", "https"):
             raise httpx.UnsupportedProtocol(f"unsupported URL scheme {origin[0]!r}")
         read_timeout = _timeout(timeouts, "read")
-        conn = await self._acquire(origin, timeouts)
+        conn = await self._acquire(origin, timeouts, deadline)
         released = False
         try:
             conn.begin()
@@ -416,11 +505,11 @@ class Http11Transport(httpx.AsyncBaseTransport):
             while not conn.headers_done:
                 if conn.error is not None:
                     raise conn.error
-                await conn.wait(read_timeout)
+                await conn.wait(read_timeout, deadline)
             response = httpx.Response(
                 conn.status,
                 headers=conn.headers,
-                stream=Http11Body(conn, self, read_timeout),
+                stream=Http11Body(conn, self, read_timeout, deadline),
                 extensions={"http_version": b"HTTP/1.1"},
             )
             released = True

@@ -1043,7 +1043,7 @@ class ModellixClient:
     def _network_errors(self, op: Operation, what: Callable[[], str]) -> _NetworkErrors:
         """Turn httpx/timeout exceptions into :class:`TransportFailure`/:class:`ProtocolError`
         (``what()`` names the request in the message; called only on error)."""
-        return _NetworkErrors(op, what, self.operation_timeout)
+        return _NetworkErrors(op, what, self.operation_timeout, timer=self._direct is None)
 
     async def _send(
         self,
@@ -1051,9 +1051,11 @@ class ModellixClient:
         url: str | httpx.URL,
         headers: dict[str, str],
         content: bytes | None = None,
+        deadline: float | None = None,
     ) -> httpx.Response:
         """Send one request and return the answer with its body unread (stream it, then
-        ``aclose`` it). Redirects are never followed here.
+        ``aclose`` it). Redirects are never followed here. ``deadline`` (a loop time, from
+        :class:`_NetworkErrors`) bounds the exchange on the lean transport.
 
         Through the lean transport the request is built as ``httpx.AsyncClient`` builds
         it (its default headers, ``Authorization`` for the API's origin only, the timeout
@@ -1085,7 +1087,7 @@ class ModellixClient:
             message = start + block + b"\r\n"
         else:
             message = start + block + b"Content-Length: %d\r\n\r\n" % len(content) + content
-        response = await direct.send_message(origin, message, self._timeout_dict)
+        response = await direct.send_message(origin, message, self._timeout_dict, deadline)
         if _httpx_logger.isEnabledFor(logging.INFO):  # the line httpx's send logs
             _httpx_logger.info(
                 'HTTP Request: %s %s "%s %d %s"',
@@ -1131,8 +1133,8 @@ class ModellixClient:
         if content is not None:
             headers["Content-Type"] = "application/json"
         too_big = False
-        async with self._network_errors(op, lambda: f"{method} {urlsplit(url).path}"):
-            response = await self._send(method, url, headers, content)
+        async with self._network_errors(op, lambda: f"{method} {urlsplit(url).path}") as deadline:
+            response = await self._send(method, url, headers, content, deadline)
             try:
                 body, too_big = await _read_capped(response, self.max_response_bytes)
             finally:
@@ -1200,9 +1202,9 @@ class ModellixClient:
                     retryable=False,
                 )
             what = _LazyGet(current)
-            async with self._network_errors("download", what.__str__):
+            async with self._network_errors("download", what.__str__) as deadline:
                 response = await self._send(
-                    "GET", current, {"Accept": "*/*", "Accept-Encoding": "identity"}
+                    "GET", current, {"Accept": "*/*", "Accept-Encoding": "identity"}, None, deadline
                 )
                 try:
                     status = response.status_code
@@ -1323,17 +1325,27 @@ class _LazyGet:
 class _NetworkErrors:
     """The context of one network operation: its overall deadline, and the httpx/timeout
     exceptions raised inside it turned into :class:`TransportFailure`/:class:`ProtocolError`
-    (a class, not a generator-based context manager: it is entered once per exchange)."""
+    (a class, not a generator-based context manager: it is entered once per exchange).
 
-    __slots__ = ("_deadline", "_op", "_timeout", "_what")
+    With ``timer`` the deadline is a timer that cancels the block; without it, entering
+    returns the deadline as a loop time, for the lean transport, whose waits end with
+    :class:`TimeoutError` past it (no timer per exchange).
+    """
 
-    def __init__(self, op: Operation, what: Callable[[], str], timeout: float) -> None:
+    __slots__ = ("_deadline", "_op", "_timeout", "_timer", "_what")
+
+    def __init__(
+        self, op: Operation, what: Callable[[], str], timeout: float, *, timer: bool = True
+    ) -> None:
         self._op = op
         self._what = what
         self._timeout = timeout
+        self._timer = timer
         self._deadline: Any = None
 
-    async def __aenter__(self) -> None:
+    async def __aenter__(self) -> float | None:
+        if not self._timer:
+            return asyncio.get_running_loop().time() + self._timeout
         if sys.version_info >= (3, 11):
             # asyncio's own deadline: much cheaper than anyio's cancel scopes.
             self._deadline = asyncio.timeout(self._timeout)
@@ -1341,6 +1353,7 @@ class _NetworkErrors:
         else:  # pragma: no cover - Python 3.10
             self._deadline = anyio.fail_after(self._timeout)
             self._deadline.__enter__()
+        return None
 
     async def __aexit__(
         self,
@@ -1349,7 +1362,9 @@ class _NetworkErrors:
         tb: TracebackType | None,
     ) -> None:
         try:
-            if sys.version_info >= (3, 11):
+            if self._deadline is None:
+                pass
+            elif sys.version_info >= (3, 11):
                 await self._deadline.__aexit__(exc_type, exc, tb)
             else:  # pragma: no cover - Python 3.10
                 self._deadline.__exit__(exc_type, exc, tb)

@@ -390,3 +390,68 @@ async def test_a_connection_idle_past_the_keep_alive_expiry_is_not_reused() -> N
         assert await fetch(transport, url + "/") == (200, b"ok")  # a new connection
         await transport.aclose()
     assert len(accepted) == 2
+
+
+async def _silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await read_request(reader)
+    await asyncio.sleep(10)
+
+
+async def _dribble(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Answers a 1,000-byte body one byte every 20 ms: always progressing, never done."""
+    await read_request(reader)
+    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n")
+    for _ in range(500):
+        writer.write(b"x")
+        await writer.drain()
+        await asyncio.sleep(0.02)
+
+
+async def test_every_waiting_connection_times_out_on_its_own_read_timeout() -> None:
+    """One timer serves every wait: a short wait registered after a long one still ends
+    first, and each of several equal waits ends."""
+    async with serve(_silent) as (url, accepted):
+        transport = Http11Transport()
+        long_wait = asyncio.ensure_future(fetch(transport, url + "/long", timeout=30))
+        while not accepted:
+            await asyncio.sleep(0.01)
+        short = [fetch(transport, url + f"/short{i}", timeout=0.2) for i in range(4)]
+        outcomes = await asyncio.gather(*short, return_exceptions=True)
+        assert [type(o) for o in outcomes] == [httpx.ReadTimeout] * 4
+        assert not long_wait.done()
+        long_wait.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await long_wait
+        await transport.aclose()
+
+
+async def test_a_body_that_keeps_dribbling_ends_at_the_deadline() -> None:
+    async with serve(_dribble) as (url, _):
+        transport = Http11Transport()
+        loop = asyncio.get_running_loop()
+        timeouts = httpx.Timeout(5.0).as_dict()
+        message = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+        origin = ("http", "127.0.0.1", int(url.rsplit(":", 1)[1]))
+        response = await transport.send_message(origin, message, timeouts, loop.time() + 0.3)
+        received: list[bytes] = []
+
+        async def read_all() -> None:
+            async for chunk in response.aiter_raw():
+                received.append(chunk)
+
+        with pytest.raises(TimeoutError, match="deadline"):
+            await read_all()
+        await response.aclose()
+        assert 0 < len(b"".join(received)) < 1000  # it was arriving: only the deadline ended it
+        await transport.aclose()
+
+
+async def test_client_operation_timeout_holds_on_the_lean_transport() -> None:
+    async with (
+        serve(_dribble) as (url, _),
+        ModellixClient(url, "lean-transport-key-0123", operation_timeout=0.3) as client,
+    ):
+        assert isinstance(client._direct, Http11Transport)
+        with pytest.raises(TransportFailure, match=r"no complete answer within 0\.3 s") as info:
+            await client.poll("task-1")
+    assert not info.value.ambiguous  # a poll creates nothing
