@@ -14,17 +14,26 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from _common import emit, exchanges, machine, run_in_child, run_manifest, simulator, write_manifest
+from _common import (
+    emit,
+    exchanges,
+    machine,
+    run_in_child,
+    run_manifest,
+    scratch_dir,
+    scratch_root,
+    simulator,
+    write_manifest,
+)
 
 
 def child(url: str, jobs: int, concurrency: int, latency: float) -> dict[str, Any]:
     """One measured run (in this fresh process)."""
     options = {"first_poll": latency, "min_poll_interval": latency / 4}
-    with tempfile.TemporaryDirectory() as tmp:
+    with scratch_dir() as tmp:
         manifest = write_manifest(Path(tmp), jobs, concurrency=concurrency)
         m = run_manifest(manifest, url, options=options)
     s = m.summary
@@ -59,15 +68,16 @@ def main() -> int:
     latency = 0.5 if args.quick else args.latency
     rounds = 2 if args.quick else args.rounds
     results = []
-    for conc in levels:
-        jobs = conc * rounds if conc >= 100 else conc * rounds * 10
-        with simulator("--latency", f"fixed:{latency}") as sim:
-            result = run_in_child(
-                sys.argv[0], "--child", sim.url, str(jobs), str(conc), str(latency)
-            )
-        result["target_ms"] = 1.0 if conc >= 100 else None
-        result["ok"] = conc < 100 or result["cpu_ms_per_exchange"] <= 1.0
-        results.append(result)
+    with scratch_root():  # run folders deleted after the last level, not between levels
+        for conc in levels:
+            jobs = conc * rounds if conc >= 100 else conc * rounds * 10
+            with simulator("--latency", f"fixed:{latency}") as sim:
+                result = run_in_child(
+                    sys.argv[0], "--child", sim.url, str(jobs), str(conc), str(latency)
+                )
+            result["target_ms"] = 1.0 if conc >= 100 else None
+            result["ok"] = conc < 100 or result["cpu_ms_per_exchange"] <= 1.0
+            results.append(result)
     emit(
         {
             "benchmark": "cost",

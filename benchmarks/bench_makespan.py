@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -39,6 +38,8 @@ from _common import (
     peak_rss_mib,
     run_in_child,
     run_manifest,
+    scratch_dir,
+    scratch_root,
     simulator,
     write_manifest,
 )
@@ -66,7 +67,7 @@ def mean_latency(case: str, latency: float) -> float:
 def child_runner(url: str, jobs: int, concurrency: int, cap: float) -> dict[str, Any]:
     """One ``batchgen run`` of ``jobs`` jobs against ``url`` (in this fresh process), stopped
     after ``cap`` seconds (then ``makespan_s`` is a lower bound and ``capped`` is true)."""
-    with tempfile.TemporaryDirectory() as tmp:
+    with scratch_dir() as tmp:
         manifest = write_manifest(Path(tmp), jobs, concurrency=concurrency)
         m = run_manifest(manifest, url, max_runtime=cap)
     s = m.summary
@@ -129,7 +130,7 @@ def child_baseline(url: str, jobs: int, concurrency: int, poll_every: float) -> 
             counts["done"] += 1
 
     with (
-        tempfile.TemporaryDirectory() as tmp,
+        scratch_dir() as tmp,
         httpx.Client(headers=headers, limits=limits, timeout=60, trust_env=False) as http,
     ):
         cpu0 = cpu_now()
@@ -178,28 +179,29 @@ def main() -> int:
     latency = args.latency or (0.5 if args.quick else 2.0)
     poll_every = args.poll_every if not args.quick else min(args.poll_every, latency / 2)
     results: dict[str, Any] = {}
-    for case in args.cases.split(","):
-        if case not in CASES:
-            parser.error(f"unknown case {case!r}")
-        flags = sim_flags("fixed" if case == "baseline" else case, latency)
-        with simulator(*flags) as sim:
-            child = [sys.argv[0], "--child", case, sim.url, str(jobs), str(conc)]
-            sim_cpu0 = sim.cpu_seconds()
-            ideal = math.ceil(jobs / conc) * mean_latency(case, latency)
-            cap = str((min(args.cap, 3.0) if args.quick else args.cap) * ideal)
-            result = run_in_child(*child, "--poll-every", str(poll_every), "--cap", cap)
-            sim_cpu1 = sim.cpu_seconds()
-            stats = sim.stats()
-        result["ideal_s"] = round(ideal, 2)
-        result["makespan_over_ideal"] = round(result["makespan_s"] / ideal, 4)
-        result["simulator_peak_concurrent"] = stats["tasks"]["peak_concurrent"]
-        result["simulator_status_codes"] = stats["status_codes"]
-        if sim_cpu0 is not None and sim_cpu1 is not None:
-            result["simulator_cpu_s"] = round(sim_cpu1 - sim_cpu0, 2)
-        if case != "baseline":
-            result["target"] = 1.05
-            result["ok"] = result["makespan_over_ideal"] <= 1.05 and result["done"] == jobs
-        results[case] = result
+    with scratch_root():  # run folders deleted after the last case, not between cases
+        for case in args.cases.split(","):
+            if case not in CASES:
+                parser.error(f"unknown case {case!r}")
+            flags = sim_flags("fixed" if case == "baseline" else case, latency)
+            with simulator(*flags) as sim:
+                child = [sys.argv[0], "--child", case, sim.url, str(jobs), str(conc)]
+                sim_cpu0 = sim.cpu_seconds()
+                ideal = math.ceil(jobs / conc) * mean_latency(case, latency)
+                cap = str((min(args.cap, 3.0) if args.quick else args.cap) * ideal)
+                result = run_in_child(*child, "--poll-every", str(poll_every), "--cap", cap)
+                sim_cpu1 = sim.cpu_seconds()
+                stats = sim.stats()
+            result["ideal_s"] = round(ideal, 2)
+            result["makespan_over_ideal"] = round(result["makespan_s"] / ideal, 4)
+            result["simulator_peak_concurrent"] = stats["tasks"]["peak_concurrent"]
+            result["simulator_status_codes"] = stats["status_codes"]
+            if sim_cpu0 is not None and sim_cpu1 is not None:
+                result["simulator_cpu_s"] = round(sim_cpu1 - sim_cpu0, 2)
+            if case != "baseline":
+                result["target"] = 1.05
+                result["ok"] = result["makespan_over_ideal"] <= 1.05 and result["done"] == jobs
+            results[case] = result
     report: dict[str, Any] = {
         "benchmark": "makespan",
         "mode": "quick" if args.quick else "full",
