@@ -360,6 +360,51 @@ def connect_readonly(path: Path) -> sqlite3.Connection:
     return conn
 
 
+class _Transaction:
+    """``with store._tx() as c:`` runs the block in ``BEGIN IMMEDIATE`` ... ``COMMIT``, rolled
+    back when it raises.  A database error other than an integrity error (disk full, file-size
+    limit, I/O error, a file damaged under us) becomes :class:`StateWriteError`: the transaction
+    did not happen, and the caller stops the run cleanly.  A class rather than a generator-based
+    context manager: it is entered for every transition of every job."""
+
+    __slots__ = ("_conn", "_path")
+
+    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
+        self._conn = conn
+        self._path = path
+
+    def __enter__(self) -> sqlite3.Connection:
+        try:
+            self._conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.IntegrityError:
+            raise
+        except sqlite3.DatabaseError as exc:
+            raise self._failed(exc) from exc
+        return self._conn
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object
+    ) -> None:
+        if exc is None:
+            try:
+                self._conn.execute("COMMIT")
+            except sqlite3.IntegrityError:
+                raise
+            except sqlite3.DatabaseError as error:
+                raise self._failed(error) from error
+            return
+        with contextlib.suppress(sqlite3.Error):
+            self._conn.execute("ROLLBACK")
+        if isinstance(exc, sqlite3.DatabaseError) and not isinstance(exc, sqlite3.IntegrityError):
+            raise self._failed(exc) from exc
+
+    def _failed(self, exc: sqlite3.DatabaseError) -> StateWriteError:
+        with contextlib.suppress(sqlite3.Error):
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
+        return StateWriteError(f"cannot write the state file {self._path}: {exc}")
+
+
 class StateStore:
     """The state file of one run directory.
 
@@ -531,29 +576,10 @@ class StateStore:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    @contextlib.contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
+    def _tx(self) -> _Transaction:
         if self.readonly:
             raise StateError("state file opened read-only")
-        c = self._conn
-        try:
-            c.execute("BEGIN IMMEDIATE")
-            try:
-                yield c
-            except BaseException:
-                with contextlib.suppress(sqlite3.Error):
-                    c.execute("ROLLBACK")
-                raise
-            c.execute("COMMIT")
-        except sqlite3.IntegrityError:
-            raise
-        except sqlite3.DatabaseError as exc:
-            # Disk full, file-size limit, I/O error, a file damaged under us: the transaction
-            # did not happen; say so in words (the caller stops the run cleanly).
-            with contextlib.suppress(sqlite3.Error):
-                if c.in_transaction:
-                    c.execute("ROLLBACK")
-            raise StateWriteError(f"cannot write the state file {self.path}: {exc}") from exc
+        return _Transaction(self._conn, self.path)
 
     # ---------------------------------------------------------------- settings
     def settings(self) -> dict[str, Any]:

@@ -29,6 +29,7 @@ from batchgen.state import (
     StateError,
     StateStore,
     StateVersionError,
+    StateWriteError,
     acquire_run_lock,
     lock_holder,
 )
@@ -124,6 +125,22 @@ def test_sync_adds_new_jobs_and_leaves_missing_ones_alone(tmp_path: Path) -> Non
         ]
         third = store.sync_jobs(jobs(5))
         assert (third.reactivated, third.orphaned) == (2, 1)
+
+
+def test_a_full_state_file_refuses_the_transaction_in_words_and_keeps_what_was_there(
+    tmp_path: Path,
+) -> None:
+    with StateStore.open(tmp_path) as store:
+        store.add_jobs(jobs(3))
+        pages = store._conn.execute("PRAGMA page_count").fetchone()[0]
+        store._conn.execute(f"PRAGMA max_page_count = {pages}")  # the file cannot grow
+        with pytest.raises(StateWriteError, match="cannot write the state file"):
+            store.add_jobs(jobs(2000, prefix="big"))
+        assert len(store.job_ids()) == 3  # rolled back: not one of the 2,000 rows
+        assert store.mark_submitting("j00000") == 1  # and the file still takes transactions
+        with pytest.raises(IllegalTransition):
+            store.mark_done("j00001", ResultInfo("images/j00001.png", "ab" * 32, 10, "png"))
+        assert store.get("j00001").state == "pending"
 
 
 def test_transitions_write_the_row_and_an_event(tmp_path: Path) -> None:
