@@ -8,7 +8,6 @@ time is read with :func:`resource.getrusage` (every thread included).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import os
@@ -213,6 +212,7 @@ def run_manifest(
     max_runtime: float | None = None,
 ) -> Measured:
     """``batchgen run MANIFEST --base-url URL`` in this process, timed and CPU-measured."""
+    from batchgen._loop import run  # noqa: PLC0415
     from batchgen.session import RunRequest, run_session  # noqa: PLC0415
 
     req = RunRequest(
@@ -224,7 +224,7 @@ def run_manifest(
     )
     cpu0 = cpu_now()
     t0 = time.perf_counter()
-    summary = asyncio.run(run_session(req, environ={"MODELLIX_API_KEY": SIM_KEY}))
+    summary = run(run_session(req, environ={"MODELLIX_API_KEY": SIM_KEY}))  # as `batchgen run`
     wall = time.perf_counter() - t0
     cpu = cpu_now() - cpu0
     return Measured(summary.as_dict(), wall, cpu, peak_rss_mib())

@@ -135,12 +135,11 @@ def print_summary(summary: RunSummary, fmt: str) -> None:
 def run_and_report(req: RunRequest, *, command: str, log_format: str) -> int:
     """Run ``req``, print its summary (errors on stderr, prefixed ``batchgen COMMAND:``) and
     return the exit code."""
-    import asyncio  # noqa: PLC0415 - only when a run starts
-
+    from batchgen._loop import run  # noqa: PLC0415 - only when a run starts
     from batchgen.session import SessionError  # noqa: PLC0415
 
     try:
-        summary = asyncio.run(run_until_signal(req))
+        summary = run(run_until_signal(req))
     except RunLocked as exc:
         print(f"batchgen {command}: {exc}", file=sys.stderr)
         return EXIT_TEMPFAIL
