@@ -40,7 +40,7 @@ def test_killed_at_random_instants_and_resumed_nothing_is_lost(tmp_path: Path, s
 @pytest.mark.timeout(1800)
 @pytest.mark.parametrize("server", ["simulator", "independent"])
 def test_long_chaos_thousands_of_jobs_twenty_kills(tmp_path: Path, server: str) -> None:
-    cfg = ChaosConfig(jobs=3000, kills=24, seed=11, server=server, max_life=5.0)
+    cfg = ChaosConfig(jobs=3000, kills=24, seed=11, server=server, max_life=3.0)
     result = run_chaos(cfg, tmp_path)
     _assert_promise_held(result.as_dict(), result.problems)
     assert result.kills >= 20
