@@ -374,28 +374,26 @@ class _Transaction:
         self._path = path
 
     def __enter__(self) -> sqlite3.Connection:
-        try:
-            self._conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.IntegrityError:
-            raise
-        except sqlite3.DatabaseError as exc:
-            raise self._failed(exc) from exc
+        self._execute("BEGIN IMMEDIATE")
         return self._conn
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object
     ) -> None:
         if exc is None:
-            try:
-                self._conn.execute("COMMIT")
-            except sqlite3.IntegrityError:
-                raise
-            except sqlite3.DatabaseError as error:
-                raise self._failed(error) from error
+            self._execute("COMMIT")
             return
         with contextlib.suppress(sqlite3.Error):
             self._conn.execute("ROLLBACK")
         if isinstance(exc, sqlite3.DatabaseError) and not isinstance(exc, sqlite3.IntegrityError):
+            raise self._failed(exc) from exc
+
+    def _execute(self, sql: str) -> None:
+        try:
+            self._conn.execute(sql)
+        except sqlite3.IntegrityError:
+            raise
+        except sqlite3.DatabaseError as exc:
             raise self._failed(exc) from exc
 
     def _failed(self, exc: sqlite3.DatabaseError) -> StateWriteError:
