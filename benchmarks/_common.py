@@ -183,6 +183,20 @@ def scratch_dir() -> Iterator[Path]:
     yield Path(tempfile.mkdtemp(prefix="run-", dir=root))
 
 
+def file_create_cpu_us(folder: Path, files: int = 400) -> float:
+    """CPU microseconds to create one small file in ``folder`` (files kept): how slow the disk's
+    file creation is right now.  On ext4 without a journal it is many times slower for a few
+    minutes after many files were deleted, and every image the runner writes is a new file, so
+    the CPU figures of a run measured then are higher (benchmarks/README.md, Noise)."""
+    probe = Path(tempfile.mkdtemp(prefix="probe-", dir=folder))
+    cpu0 = cpu_now()
+    for i in range(files):
+        fd = os.open(probe / f"f{i}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.write(fd, b"x" * 4096)
+        os.close(fd)
+    return round(1e6 * (cpu_now() - cpu0) / files, 1)
+
+
 def cpu_now() -> float:
     """CPU seconds (user + system) of this process so far, every thread included."""
     usage = resource.getrusage(resource.RUSAGE_SELF)

@@ -20,6 +20,7 @@ from typing import Any
 from _common import (
     emit,
     exchanges,
+    file_create_cpu_us,
     machine,
     run_in_child,
     run_manifest,
@@ -68,7 +69,8 @@ def main() -> int:
     latency = 0.5 if args.quick else args.latency
     rounds = 2 if args.quick else args.rounds
     results = []
-    with scratch_root():  # run folders deleted after the last level, not between levels
+    with scratch_root() as root:  # run folders deleted after the last level, not between levels
+        disk_before = file_create_cpu_us(root)
         for conc in levels:
             jobs = conc * rounds if conc >= 100 else conc * rounds * 10
             with simulator("--latency", f"fixed:{latency}") as sim:
@@ -78,12 +80,16 @@ def main() -> int:
             result["target_ms"] = 1.0 if conc >= 100 else None
             result["ok"] = conc < 100 or result["cpu_ms_per_exchange"] <= 1.0
             results.append(result)
+        disk_after = file_create_cpu_us(root)
     emit(
         {
             "benchmark": "cost",
             "mode": "quick" if args.quick else "full",
             "latency_s": latency,
             "levels": results,
+            # CPU to create one small file, before and after the levels: far above the usual
+            # (tens of µs) when many files were deleted in the last minutes (README: Noise).
+            "file_create_cpu_us": {"before": disk_before, "after": disk_after},
             "machine": machine(),
         }
     )
