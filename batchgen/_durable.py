@@ -88,10 +88,12 @@ class ImageCommitter:
                 if not self._queue:
                     return
                 batch, self._queue = self._queue, []
-            wanted = [item for item in batch if not item.done.cancelled()]
+            wanted: list[_Item] = []
             for item in batch:
                 if item.done.cancelled():
-                    item.image.discard()
+                    item.image.discard()  # nobody waits for it any more
+                else:
+                    wanted.append(item)
             if not wanted:
                 continue
             outcomes: list[BaseException | None]

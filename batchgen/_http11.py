@@ -2,12 +2,12 @@
 
 The runner's CPU per HTTP exchange is mostly the HTTP stack's (benchmarks/README.md).
 httpx's default transport (httpcore) walks its whole pool on every request; aiohttp's
-request path (this project's transport before) builds timers, traces and several objects per
-request.  This transport does
-the least an API client needs: one :class:`asyncio.Protocol` per connection whose bytes go
-straight to httptools' C parser (llhttp), idle connections kept in a per-origin stack
-(the most recently used first, so a few connections stay warm and the rest expire),
-and httpx's own request and response objects at the edges, so callers keep httpx's API.
+request path (this project's transport before) builds timers, traces and several objects
+per request.  This transport does the least an API client needs: one
+:class:`asyncio.Protocol` per connection whose bytes go straight to httptools' C parser
+(llhttp), idle connections kept in a per-origin stack (the most recently used first, so a
+few connections stay warm and the rest expire), and httpx's own request and response objects
+at the edges, so callers keep httpx's API.
 
 Only what :class:`batchgen.client.ModellixClient` uses is supported: HTTP/1.1 (and 1.0
 answers), byte request bodies, bodies delimited by ``Content-Length``, chunked encoding
@@ -58,9 +58,17 @@ def _left(loop: asyncio.AbstractEventLoop, *ends: float | None) -> float | None:
     return max(min(bounded) - loop.time(), 0.0) if bounded else None
 
 
+# Loop timers may fire up to this much before their time: a deadline that close is passed.
+_EARLY = 0.001
+
+
+def _deadline_passed() -> TimeoutError:
+    return TimeoutError("the operation's deadline passed")
+
+
 def _raise_if_past(loop: asyncio.AbstractEventLoop, deadline: float | None) -> None:
-    if deadline is not None and loop.time() >= deadline - 0.001:
-        raise TimeoutError("the operation's deadline passed")
+    if deadline is not None and loop.time() + _EARLY >= deadline:
+        raise _deadline_passed()
 
 
 class _Expiries:
@@ -94,13 +102,13 @@ class _Expiries:
 
     def _check(self, loop: asyncio.AbstractEventLoop) -> None:
         self._timer = None
-        now = loop.time() + 0.001  # timers may fire a hair early
+        now = loop.time() + _EARLY
         earliest: float | None = None
         for conn, (expiry, deadline) in list(self._waits.items()):
             if expiry <= now:
                 del self._waits[conn]
                 conn.expire(
-                    TimeoutError("the operation's deadline passed")
+                    _deadline_passed()
                     if deadline
                     else httpx.ReadTimeout("no answer within the read timeout")
                 )

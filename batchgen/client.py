@@ -1361,15 +1361,14 @@ class _NetworkErrors:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        try:
-            if self._deadline is None:
-                pass
-            elif sys.version_info >= (3, 11):
-                await self._deadline.__aexit__(exc_type, exc, tb)
-            else:  # pragma: no cover - Python 3.10
-                self._deadline.__exit__(exc_type, exc, tb)
-        except TimeoutError as timeout:
-            exc = timeout
+        if self._deadline is not None:  # the timer of a timed block (not the lean transport)
+            try:
+                if sys.version_info >= (3, 11):
+                    await self._deadline.__aexit__(exc_type, exc, tb)
+                else:  # pragma: no cover - Python 3.10
+                    self._deadline.__exit__(exc_type, exc, tb)
+            except TimeoutError as timeout:
+                exc = timeout
         if exc is None or not isinstance(exc, (TimeoutError, httpx.HTTPError)):
             return  # no error, or not one of ours: propagates unchanged
         op = self._op

@@ -334,6 +334,11 @@ def _row_to_record(row: Sequence[Any]) -> JobRecord:
 
 
 _SELECT = f"SELECT {', '.join(_JOB_COLUMNS)} FROM jobs"
+# What a transition reads first: (state, attempts), or with full=True the whole row.
+_SELECT_FOR_MOVE = {
+    False: "SELECT state, attempts FROM jobs WHERE job_id = ?",
+    True: f"{_SELECT} WHERE job_id = ?",
+}
 _SELECT_ROWID = f"SELECT {', '.join(_JOB_COLUMNS)}, rowid FROM jobs"
 _INSERT_JOB = (
     "INSERT OR IGNORE INTO jobs(job_id, model, body, repeat_index, grp, updated_at, created_at)"
@@ -759,16 +764,10 @@ class StateStore:
         allowed = _FROM[to_state]
         now = time.time()
         with self._tx() as c:
-            if full:
-                row = c.execute(f"{_SELECT} WHERE job_id = ?", (job_id,)).fetchone()
-                before = row and (row[5], row[6])
-            else:
-                before = c.execute(
-                    "SELECT state, attempts FROM jobs WHERE job_id = ?", (job_id,)
-                ).fetchone()
-            if before is None:
+            row = c.execute(_SELECT_FOR_MOVE[full], (job_id,)).fetchone()
+            if row is None:
                 raise KeyError(job_id)
-            from_state, attempts = before
+            from_state, attempts = (row[5], row[6]) if full else row
             if from_state not in allowed:
                 raise IllegalTransition(f"job {job_id}: {from_state} -> {to_state} is not allowed")
             attempts = max(attempts + attempts_delta, 0)
