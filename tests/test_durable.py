@@ -6,7 +6,7 @@ import asyncio
 import hashlib
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
@@ -39,9 +39,9 @@ def written(out: OutputDir, job_id: str) -> tuple[ImageFile, ResultInfo]:
     return image, image.check(expected_bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
 
 
-async def until(condition: object, what: str) -> None:
+async def until(condition: Callable[[], object], what: str) -> None:
     for _ in range(3000):  # 30 s at most
-        if callable(condition) and condition():
+        if condition():
             return
         await asyncio.sleep(0.01)
     raise AssertionError(f"never happened: {what}")
