@@ -226,8 +226,8 @@ def run_manifest(
     max_runtime: float | None = None,
 ) -> Measured:
     """``batchgen run MANIFEST --base-url URL`` in this process, timed and CPU-measured."""
-    from batchgen._loop import run  # noqa: PLC0415
-    from batchgen.session import RunRequest, run_session  # noqa: PLC0415
+    from batchgen.run.event_loop import run  # noqa: PLC0415
+    from batchgen.run.session import RunRequest, run_session  # noqa: PLC0415
 
     req = RunRequest(
         target=manifest,

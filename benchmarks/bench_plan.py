@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from batchgen.manifest import ManifestError, load_manifest
+from batchgen.manifest.loader import ManifestError, load_manifest
 
 STYLES = 10
 SIZES = ["1024x1024", "1536x1024"]

@@ -24,7 +24,7 @@ from typing import Any
 
 import httpx
 
-from batchgen.simulator import Latency, Simulator, SimulatorConfig, serve_in_thread
+from batchgen.simulator.app import Latency, Simulator, SimulatorConfig, serve_in_thread
 
 SUBMIT = "/api/v1/openai/gpt-image-1.5/async"
 AUTH = {"Authorization": "Bearer sim-key"}

@@ -5,7 +5,7 @@ unreported.
 Used by ``tests/test_chaos.py`` (short run in the default suite, long run with
 ``pytest -m chaos``) and by ``scripts/chaos.py`` (prints the figures as JSON).
 
-The server is either the project's simulator (``batchgen.simulator`` served on a loopback
+The server is either the project's simulator (``batchgen.simulator.app`` served on a loopback
 port) or the independent implementation of the API in ``tests/independent_api`` (written
 from the provider's documents alone); both run in this process, the runner in a child
 process (``python -m tests.chaoshelpers child ...``) that is killed with SIGKILL.
@@ -183,7 +183,7 @@ def serve(cfg: ChaosConfig) -> Iterator[_Server]:
     """The server of ``cfg`` on a loopback port, with every fault kind at ``cfg.fault_rate``."""
     r = cfg.fault_rate
     if cfg.server == "simulator":
-        from batchgen.simulator import Simulator, SimulatorConfig, serve_in_thread  # noqa: PLC0415
+        from batchgen.simulator.app import Simulator, SimulatorConfig, serve_in_thread  # noqa: PLC0415
 
         sim = Simulator(
             SimulatorConfig(time_scale=cfg.time_scale, seed=cfg.seed, retry_after=0.01).with_faults(
@@ -252,9 +252,9 @@ def _child_main(argv: list[str]) -> int:
     import asyncio  # noqa: PLC0415
 
     from batchgen.cli._runargs import run_until_signal  # noqa: PLC0415
-    from batchgen.progress import setup_logging  # noqa: PLC0415
-    from batchgen.session import RunRequest, SessionError  # noqa: PLC0415
-    from batchgen.state import RunLocked  # noqa: PLC0415
+    from batchgen.run.progress import setup_logging  # noqa: PLC0415
+    from batchgen.run.session import RunRequest, SessionError  # noqa: PLC0415
+    from batchgen.store.state import RunLocked  # noqa: PLC0415
 
     target, run_dir, url, seed = argv
     setup_logging("text")
@@ -279,7 +279,7 @@ def _child_main(argv: list[str]) -> int:
 
 # ------------------------------------------------------------------------------- checks
 def _sessions(run_dir: Path) -> int:
-    from batchgen.state import StateError, StateStore  # noqa: PLC0415
+    from batchgen.store.state import StateError, StateStore  # noqa: PLC0415
 
     try:
         with StateStore.open_readonly(run_dir) as store:
@@ -305,8 +305,8 @@ def _wait_for_work(run_dir: Path, proc: subprocess.Popen[bytes], sessions: int) 
 def check_after_kill(run_dir: Path) -> list[str]:
     """Right after a SIGKILL (before any cleanup): every done job's image is on disk, complete,
     with the recorded sha256; every running/downloading job has its task_id."""
-    from batchgen.output import check_image  # noqa: PLC0415
-    from batchgen.state import StateStore  # noqa: PLC0415
+    from batchgen.store.outputs import check_image  # noqa: PLC0415
+    from batchgen.store.state import StateStore  # noqa: PLC0415
 
     problems: list[str] = []
     if not (run_dir / "state.db").exists():
@@ -330,8 +330,8 @@ def check_after_kill(run_dir: Path) -> list[str]:
 
 def check_final(run_dir: Path, expected_jobs: int) -> tuple[list[str], dict[str, Any]]:
     """The end state: every job ended, files and rows agree one to one, no temp files."""
-    from batchgen.output import check_image  # noqa: PLC0415
-    from batchgen.state import StateStore  # noqa: PLC0415
+    from batchgen.store.outputs import check_image  # noqa: PLC0415
+    from batchgen.store.state import StateStore  # noqa: PLC0415
 
     problems: list[str] = []
     facts: dict[str, Any] = {}

@@ -11,12 +11,12 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from batchgen.client import ModellixClient
-from batchgen.manifest import Job, Limits, job_id_for
-from batchgen.output import OutputDir
-from batchgen.runner import RunOptions, RunSummary, run_jobs
-from batchgen.simulator import Simulator
-from batchgen.state import StateStore, acquire_run_lock
+from batchgen.api.client import ModellixClient
+from batchgen.manifest.loader import Job, Limits, job_id_for
+from batchgen.run.runner import RunOptions, RunSummary, run_jobs
+from batchgen.simulator.app import Simulator
+from batchgen.store.outputs import OutputDir
+from batchgen.store.state import StateStore, acquire_run_lock
 
 try:  # `python -m pytest` from the checkout, or tests/ on sys.path
     from tests.runhelpers import MODEL, fast_options, in_process_client, sim_config

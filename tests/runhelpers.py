@@ -12,12 +12,12 @@ from typing import Any
 
 import httpx
 
-from batchgen.client import ModellixClient
-from batchgen.manifest import Job, Limits, job_id_for
-from batchgen.output import OutputDir, check_image
-from batchgen.runner import RunOptions, RunSummary, run_jobs
-from batchgen.simulator import Simulator, SimulatorConfig
-from batchgen.state import StateStore
+from batchgen.api.client import ModellixClient
+from batchgen.manifest.loader import Job, Limits, job_id_for
+from batchgen.run.runner import RunOptions, RunSummary, run_jobs
+from batchgen.simulator.app import Simulator, SimulatorConfig
+from batchgen.store.outputs import OutputDir, check_image
+from batchgen.store.state import StateStore
 
 MODEL = "openai/gpt-image-1.5"
 SIM_KEY = "sim-key"

@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx
 
-from batchgen.simulator import Simulator, SimulatorConfig
+from batchgen.simulator.app import Simulator, SimulatorConfig
 
 KEY = "sim-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}

@@ -16,7 +16,7 @@ import anyio
 import httpx
 import pytest
 
-from batchgen.client import (
+from batchgen.api.client import (
     DEFAULT_BASE_URL,
     MAX_RETRY_AFTER,
     ApiError,
@@ -38,7 +38,7 @@ from batchgen.client import (
     resolve_base_url,
     validate_base_url,
 )
-from batchgen.simulator import Simulator, SimulatorConfig, serve_in_thread
+from batchgen.simulator.app import Simulator, SimulatorConfig, serve_in_thread
 
 CANARY = "sk-canary-4f1d9b7e2c6a"
 BASE = "https://127.0.0.1:8443"
@@ -68,7 +68,7 @@ def assert_no_key(exc: BaseException) -> None:
 def _logs_never_contain_the_key(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
     """Every test runs with DEBUG logging (httpx, httpcore too) and is checked for the key."""
     caplog.set_level(logging.DEBUG)
-    for name in ("httpx", "httpcore", "batchgen", "batchgen.client"):
+    for name in ("httpx", "httpcore", "batchgen", "batchgen.api.client"):
         caplog.set_level(logging.DEBUG, logger=name)
     yield
     handler = logging.Formatter("%(name)s %(levelname)s %(message)s")

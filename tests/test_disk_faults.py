@@ -24,11 +24,11 @@ from typing import Any
 import pytest
 
 from batchgen.cli import main
-from batchgen.manifest import Limits, load_manifest
-from batchgen.output import ImageFile, OutputDir
-from batchgen.session import RunRequest, run_session
-from batchgen.simulator import Simulator, serve_in_thread
-from batchgen.state import LOCK_NAME, StateStore, lock_holder
+from batchgen.manifest.loader import Limits, load_manifest
+from batchgen.run.session import RunRequest, run_session
+from batchgen.simulator.app import Simulator, serve_in_thread
+from batchgen.store.outputs import ImageFile, OutputDir
+from batchgen.store.state import LOCK_NAME, StateStore, lock_holder
 from tests.runhelpers import (
     SIM_KEY,
     check_run_dir,
@@ -373,7 +373,7 @@ def test_state_file_from_a_newer_batchgen_is_refused_with_upgrade_advice(
 _HOLD_LOCK = """\
 import sys, time
 from pathlib import Path
-from batchgen.state import acquire_run_lock
+from batchgen.store.state import acquire_run_lock
 lock = acquire_run_lock(Path(sys.argv[1]))
 print("locked", flush=True)
 time.sleep(120)

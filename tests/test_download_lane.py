@@ -1,4 +1,4 @@
-"""The download lane (batchgen._pacing.DownloadLane): AIMD on the event loop's lateness."""
+"""The download lane (batchgen.run.pacing.DownloadLane): AIMD on the event loop's lateness."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from batchgen._pacing import DownloadLane
+from batchgen.run.pacing import DownloadLane
 
 
 def _finish(lane: DownloadLane, times: int) -> None:

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from batchgen._durable import ImageCommitter
-from batchgen._png import png_bytes
-from batchgen.output import ImageFile, OutputDir
-from batchgen.state import ResultInfo
+from batchgen.run.durable import ImageCommitter
+from batchgen.simulator.png import png_bytes
+from batchgen.store.outputs import ImageFile, OutputDir
+from batchgen.store.state import ResultInfo
 
 
 class GatedOutput(OutputDir):

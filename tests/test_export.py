@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 
 from batchgen.cli import main
-from batchgen.export import ExportStats, export_columns, export_rows, write_csv, write_jsonl
-from batchgen.manifest import Limits
-from batchgen.shard import filter_shard, parse_shard
-from batchgen.simulator import Simulator
-from batchgen.state import StateStore, acquire_run_lock
+from batchgen.manifest.loader import Limits
+from batchgen.manifest.shard import filter_shard, parse_shard
+from batchgen.reports.export import ExportStats, export_columns, export_rows, write_csv, write_jsonl
+from batchgen.simulator.app import Simulator
+from batchgen.store.state import StateStore, acquire_run_lock
 
 try:
     from tests.opshelpers import job, make_jobs, real_run, sim_config

@@ -23,10 +23,10 @@ from typing import Any
 import httpx
 import pytest
 
-from batchgen._png import png_bytes
-from batchgen.client import ModellixClient
-from batchgen.manifest import Limits
-from batchgen.state import StateStore
+from batchgen.api.client import ModellixClient
+from batchgen.manifest.loader import Limits
+from batchgen.simulator.png import png_bytes
+from batchgen.store.state import StateStore
 from tests.runhelpers import check_run_dir, fast_options, make_jobs, run_in_dir
 
 pytestmark = pytest.mark.anyio

@@ -17,8 +17,8 @@ from contextlib import asynccontextmanager
 import httpx
 import pytest
 
-from batchgen._http11 import Http11Transport
-from batchgen.client import ModellixClient, TransportFailure
+from batchgen.api.client import ModellixClient, TransportFailure
+from batchgen.api.http11 import Http11Transport
 
 pytestmark = pytest.mark.anyio
 

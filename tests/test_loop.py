@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from batchgen._loop import LOOP_ENV, run
+from batchgen.run.event_loop import LOOP_ENV, run
 
 
 async def loop_module() -> str:

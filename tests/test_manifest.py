@@ -11,8 +11,8 @@ import pytest
 import yaml
 from jsonschema import Draft202012Validator
 
-from batchgen import schemas
-from batchgen.manifest import (
+from batchgen.manifest import catalogue as schemas
+from batchgen.manifest.loader import (
     Limits,
     ManifestError,
     canonical_json,
@@ -150,7 +150,7 @@ def test_schema_loader_finds_schemas_inside_an_installed_package(
         REPO / "schemas" / "models" / "openai" / "gpt-image-1.5.json",
         package / "schemas" / "models" / "acme" / "painter-2.json",
     )
-    monkeypatch.setattr(schemas, "__file__", str(package / "schemas.py"))
+    monkeypatch.setattr(schemas, "__file__", str(package / "manifest" / "catalogue.py"))
     schemas._load_model.cache_clear()
     try:
         assert schemas.schemas_dir() == package / "schemas"

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from batchgen.manifest import Limits
-from batchgen.metrics import TEXTFILE_ENV, render_metrics, write_metrics
-from batchgen.report import status_report
-from batchgen.simulator import Simulator
-from batchgen.state import StateStore
+from batchgen.manifest.loader import Limits
+from batchgen.reports.metrics import TEXTFILE_ENV, render_metrics, write_metrics
+from batchgen.reports.status import status_report
+from batchgen.simulator.app import Simulator
+from batchgen.store.state import StateStore
 
 try:
     from tests.opshelpers import fast_options, make_jobs, real_run, sim_config

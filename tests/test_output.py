@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from batchgen.output import (
+from batchgen.store.outputs import (
     EXTENSIONS,
     ImageCheckError,
     ImageInfo,
@@ -26,7 +26,7 @@ from batchgen.output import (
     rebuild_metadata,
     sniff_format,
 )
-from batchgen.state import ResultInfo, StateStore
+from batchgen.store.state import ResultInfo, StateStore
 
 
 def png(width: int = 3, height: int = 2) -> bytes:

@@ -1,10 +1,10 @@
-"""The adaptive poll schedule (batchgen._polling)."""
+"""The adaptive poll schedule (batchgen.run.polling)."""
 
 from __future__ import annotations
 
 import pytest
 
-from batchgen._polling import _LADDER, PollSchedule
+from batchgen.run.polling import _LADDER, PollSchedule
 
 
 def _learnt(durations: list[float]) -> PollSchedule:

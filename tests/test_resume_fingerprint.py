@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from batchgen.session import FINGERPRINT_KEY, RunRequest, run_session
-from batchgen.state import StateStore
+from batchgen.run.session import FINGERPRINT_KEY, RunRequest, run_session
+from batchgen.store.state import StateStore
 
 MODEL = "openai/gpt-image-1.5"
 

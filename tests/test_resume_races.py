@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from batchgen.manifest import Limits
-from batchgen.simulator import Simulator
-from batchgen.state import StateStore
+from batchgen.manifest.loader import Limits
+from batchgen.simulator.app import Simulator
+from batchgen.store.state import StateStore
 from tests.runhelpers import (
     MODEL,
     check_run_dir,

@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 
 from batchgen.cli import main
-from batchgen.export import export_rows
-from batchgen.manifest import Job, Limits
-from batchgen.report import status_report
-from batchgen.retry import RetryError, reset_for_retry
-from batchgen.simulator import Simulator
-from batchgen.state import StateStore, acquire_run_lock
+from batchgen.manifest.loader import Job, Limits
+from batchgen.reports.export import export_rows
+from batchgen.reports.status import status_report
+from batchgen.run.retry import RetryError, reset_for_retry
+from batchgen.simulator.app import Simulator
+from batchgen.store.state import StateStore, acquire_run_lock
 
 try:
     from tests.opshelpers import job, make_jobs, real_run, sim_config

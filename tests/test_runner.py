@@ -8,10 +8,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from batchgen.client import ModellixClient
-from batchgen.manifest import Limits
-from batchgen.simulator import Simulator, serve_in_thread
-from batchgen.state import StateStore
+from batchgen.api.client import ModellixClient
+from batchgen.manifest.loader import Limits
+from batchgen.simulator.app import Simulator, serve_in_thread
+from batchgen.store.state import StateStore
 from tests.runhelpers import (
     MODEL,
     SIM_KEY,

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from batchgen.cli import main
-from batchgen.simulator import Simulator, serve_in_thread
-from batchgen.state import StateError, StateStore, acquire_run_lock
+from batchgen.simulator.app import Simulator, serve_in_thread
+from batchgen.store.state import StateError, StateStore, acquire_run_lock
 from tests.runhelpers import SIM_KEY, check_run_dir, sim_config
 
 REPO = Path(__file__).resolve().parent.parent
@@ -92,7 +92,7 @@ def _spawn_run(manifest: Path, run_dir: Path, url: str) -> subprocess.Popen[str]
     script = (
         "import asyncio, sys\n"
         "from pathlib import Path\n"
-        "from batchgen.session import RunRequest, run_session\n"
+        "from batchgen.run.session import RunRequest, run_session\n"
         "from batchgen.cli._runargs import run_until_signal\n"
         "opts = dict(first_poll=0.05, min_poll_interval=0.02, max_poll_interval=0.3,\n"
         "            backoff_base=0.02, backoff_cap=0.2, throttle_pause=0.02)\n"

@@ -24,12 +24,12 @@ from typing import Any
 import httpx
 import pytest
 
-from batchgen.client import ModellixClient
-from batchgen.manifest import Job, Limits, job_id_for
-from batchgen.output import OutputDir
-from batchgen.report import status_report
-from batchgen.runner import RunOptions, RunSummary, run_jobs
-from batchgen.state import StateStore
+from batchgen.api.client import ModellixClient
+from batchgen.manifest.loader import Job, Limits, job_id_for
+from batchgen.reports.status import status_report
+from batchgen.run.runner import RunOptions, RunSummary, run_jobs
+from batchgen.store.outputs import OutputDir
+from batchgen.store.state import StateStore
 
 try:  # `python -m pytest` from the checkout, or tests/ as a package
     from tests.independent_api import server as srv

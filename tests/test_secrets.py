@@ -26,10 +26,10 @@ from pathlib import Path
 
 import pytest
 
+from batchgen.api.client import ConfigError, ModellixClient
 from batchgen.cli import main
-from batchgen.client import ConfigError, ModellixClient
-from batchgen.simulator import Simulator, serve_in_thread
-from batchgen.state import StateError, StateStore
+from batchgen.simulator.app import Simulator, serve_in_thread
+from batchgen.store.state import StateError, StateStore
 from tests.runhelpers import sim_config
 
 REPO = Path(__file__).resolve().parent.parent
@@ -102,15 +102,15 @@ def debug_logging() -> Iterator[io.StringIO]:
 def _debug_setup_logging(monkeypatch: pytest.MonkeyPatch) -> None:
     """The run command's logging, at DEBUG and propagating to the root buffer too; and
     test-speed polling (the simulator's tasks last milliseconds)."""
-    import batchgen.session  # noqa: PLC0415
+    import batchgen.run.session  # noqa: PLC0415
     from batchgen.cli import run as cli_run  # noqa: PLC0415
-    from batchgen.progress import setup_logging  # noqa: PLC0415
-    from batchgen.runner import RunOptions  # noqa: PLC0415
+    from batchgen.run.progress import setup_logging  # noqa: PLC0415
+    from batchgen.run.runner import RunOptions  # noqa: PLC0415
 
     def fast(**kw: object) -> RunOptions:
         return RunOptions(**{**FAST, **kw})  # type: ignore[arg-type]
 
-    monkeypatch.setattr(batchgen.session, "RunOptions", fast)
+    monkeypatch.setattr(batchgen.run.session, "RunOptions", fast)
 
     def at_debug(fmt: str = "text", stream: object = None, level: int = logging.DEBUG) -> None:
         setup_logging(fmt, level=logging.DEBUG)
@@ -172,7 +172,7 @@ def test_forced_internal_error_traceback_has_no_key(
     capsys: pytest.CaptureFixture[str],
     debug_logging: io.StringIO,
 ) -> None:
-    from batchgen.output import OutputDir  # noqa: PLC0415
+    from batchgen.store.outputs import OutputDir  # noqa: PLC0415
 
     monkeypatch.setenv("MODELLIX_API_KEY", CANARY)
     _debug_setup_logging(monkeypatch)
@@ -198,14 +198,14 @@ def test_crash_escaping_main_traceback_has_no_key(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    import batchgen.session  # noqa: PLC0415
+    import batchgen.run.session  # noqa: PLC0415
 
     monkeypatch.setenv("MODELLIX_API_KEY", CANARY)
 
     async def crash(store: object, client: ModellixClient, *args: object, **kw: object) -> None:
         raise RuntimeError(f"crash with the client in hand: {client!r} {vars(client)!r}")
 
-    monkeypatch.setattr(batchgen.session, "run_jobs", crash)
+    monkeypatch.setattr(batchgen.run.session, "run_jobs", crash)
     run_dir = tmp_path / "run"
     argv = ["run", str(write_manifest(tmp_path)), "--output", str(run_dir)]
     with pytest.raises(RuntimeError) as info:
@@ -222,14 +222,14 @@ logging.basicConfig(level=logging.DEBUG, stream=sys.stderr,
                     format="%(name)s %(levelname)s %(message)s")
 for name in ("httpx", "httpcore", "asyncio"):
     logging.getLogger(name).setLevel(logging.DEBUG)
-import batchgen.progress as progress
+import batchgen.run.progress as progress
 _setup = progress.setup_logging
 def at_debug(fmt="text", stream=None, level=logging.DEBUG):
     _setup(fmt, stream, logging.DEBUG)
     logging.getLogger("batchgen").propagate = True
 progress.setup_logging = at_debug
-import batchgen.session as session
-from batchgen.runner import RunOptions
+import batchgen.run.session as session
+from batchgen.run.runner import RunOptions
 FAST = dict(first_poll=0.02, min_poll_interval=0.01, backoff_base=0.01, backoff_cap=0.1)
 session.RunOptions = lambda **kw: RunOptions(**{**FAST, **kw})
 from batchgen.cli import main

@@ -9,9 +9,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from batchgen.cli import main
-from batchgen.manifest import job_id_for
-from batchgen.shard import Shard, ShardError, filter_shard, in_shard, parse_shard, shard_run_dir
-from batchgen.state import StateStore
+from batchgen.manifest.loader import job_id_for
+from batchgen.manifest.shard import (
+    Shard,
+    ShardError,
+    filter_shard,
+    in_shard,
+    parse_shard,
+    shard_run_dir,
+)
+from batchgen.store.state import StateStore
 
 job_ids = st.builds(
     lambda prompt, r: job_id_for("openai/gpt-image-1.5", {"prompt": prompt}, r),

@@ -9,7 +9,7 @@ import httpx
 import pytest
 from simhelpers import AUTH, KEY, SUBMIT, FakeClock, check_png, client_for, make_sim
 
-from batchgen.simulator import Latency, Simulator, SimulatorConfig, StatusNames
+from batchgen.simulator.app import Latency, Simulator, SimulatorConfig, StatusNames
 
 pytestmark = pytest.mark.anyio
 

@@ -12,9 +12,9 @@ import sys
 import httpx
 import pytest
 
-from batchgen._simconfig import Latency, SimulatorConfig, StatusNames
 from batchgen.cli import build_parser, main
 from batchgen.cli.simulate import config_from_args
+from batchgen.simulator.settings import Latency, SimulatorConfig, StatusNames
 
 
 def parse(*argv: str) -> SimulatorConfig:

@@ -9,8 +9,8 @@ import httpx
 import pytest
 from simhelpers import AUTH, SUBMIT, FakeClock, client_for, make_sim
 
-import batchgen.simulator as simulator_module
-from batchgen.simulator import Latency, Simulator, SimulatorConfig, serve_in_thread
+import batchgen.simulator.app as simulator_module
+from batchgen.simulator.app import Latency, Simulator, SimulatorConfig, serve_in_thread
 
 pytestmark = pytest.mark.anyio
 

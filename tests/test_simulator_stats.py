@@ -8,8 +8,8 @@ import httpx
 import pytest
 from simhelpers import AUTH, SUBMIT, FakeClock, check_png, client_for, make_sim
 
-from batchgen import simulator as simulator_module
-from batchgen.simulator import Latency, Simulator, SimulatorConfig, serve_in_thread
+from batchgen.simulator import app as simulator_module
+from batchgen.simulator.app import Latency, Simulator, SimulatorConfig, serve_in_thread
 
 pytestmark = pytest.mark.anyio
 

@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from batchgen.state import (
+from batchgen.store.state import (
     ALL_STATES,
     TRANSITIONS,
     IllegalTransition,
@@ -263,7 +263,7 @@ def test_task_id_survives_sigkill_right_after_it_is_recorded(tmp_path: Path) -> 
     script = textwrap.dedent(
         f"""
         import os, signal
-        from batchgen.state import StateStore
+        from batchgen.store.state import StateStore
         from dataclasses import dataclass
         @dataclass(frozen=True)
         class J:
@@ -296,7 +296,7 @@ def test_second_lock_names_the_holder_pid(tmp_path: Path) -> None:
 def test_lock_of_a_killed_process_is_taken_over(tmp_path: Path) -> None:
     script = (
         "import os, signal, sys\n"
-        "from batchgen.state import acquire_run_lock\n"
+        "from batchgen.store.state import acquire_run_lock\n"
         f"acquire_run_lock({str(tmp_path)!r})\n"
         "os.kill(os.getpid(), signal.SIGKILL)\n"
     )
@@ -310,7 +310,7 @@ def test_lock_of_a_killed_process_is_taken_over(tmp_path: Path) -> None:
 def test_lock_held_by_live_process_is_respected(tmp_path: Path) -> None:
     script = (
         "import sys, time\n"
-        "from batchgen.state import acquire_run_lock\n"
+        "from batchgen.store.state import acquire_run_lock\n"
         f"acquire_run_lock({str(tmp_path)!r})\n"
         "print('locked', flush=True)\n"
         "sys.stdin.read()\n"

@@ -13,15 +13,15 @@ from pathlib import Path
 import pytest
 
 from batchgen.cli import main
-from batchgen.manifest import Limits
-from batchgen.report import (
+from batchgen.manifest.loader import Limits
+from batchgen.reports.status import (
     failure_reason,
     format_status,
     lock_status,
     status_report,
 )
-from batchgen.simulator import Simulator
-from batchgen.state import StateError, StateStore, acquire_run_lock
+from batchgen.simulator.app import Simulator
+from batchgen.store.state import StateError, StateStore, acquire_run_lock
 
 try:
     from tests.opshelpers import job, make_jobs, real_run, sim_config

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from batchgen._pacing import AimdLimit, RateLimiter
-from batchgen.manifest import Limits
-from batchgen.simulator import Simulator
+from batchgen.manifest.loader import Limits
+from batchgen.run.pacing import AimdLimit, RateLimiter
+from batchgen.simulator.app import Simulator
 from tests.runhelpers import check_run_dir, in_process_client, make_jobs, run_in_dir, sim_config
 
 

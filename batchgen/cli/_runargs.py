@@ -11,14 +11,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from batchgen.cli import EXIT_INTERRUPTED, EXIT_TEMPFAIL
-from batchgen.manifest import parse_duration, parse_rate
-from batchgen.state import RunLocked
+from batchgen.manifest.loader import parse_duration, parse_rate
+from batchgen.store.state import RunLocked
 
 if TYPE_CHECKING:
     # The session (runner, HTTP client) is imported when a run starts, not when the
     # parser is built: `batchgen validate`/`plan`/`status` do not pay for the HTTP stack.
-    from batchgen.runner import RunSummary
-    from batchgen.session import RunRequest
+    from batchgen.run.runner import RunSummary
+    from batchgen.run.session import RunRequest
 
 
 def _whole_number(text: str, *, minimum: int, underscores: bool) -> int:
@@ -90,7 +90,7 @@ def add_log_format_argument(parser: argparse.ArgumentParser) -> None:
 
 def run_request(args: argparse.Namespace, target: Path, **extra: Any) -> RunRequest:
     """The :class:`RunRequest` of parsed run/retry arguments (``extra``: command-specific)."""
-    from batchgen.session import RunRequest  # noqa: PLC0415 - only when a run starts
+    from batchgen.run.session import RunRequest  # noqa: PLC0415 - only when a run starts
 
     return RunRequest(
         target=target,
@@ -111,7 +111,7 @@ async def run_until_signal(req: RunRequest) -> RunSummary:
     """Run the session; SIGINT/SIGTERM ask it to stop cleanly."""
     import asyncio  # noqa: PLC0415 - only when a run starts
 
-    from batchgen.session import run_session  # noqa: PLC0415
+    from batchgen.run.session import run_session  # noqa: PLC0415
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -135,8 +135,8 @@ def print_summary(summary: RunSummary, fmt: str) -> None:
 def run_and_report(req: RunRequest, *, command: str, log_format: str) -> int:
     """Run ``req``, print its summary (errors on stderr, prefixed ``batchgen COMMAND:``) and
     return the exit code."""
-    from batchgen._loop import run  # noqa: PLC0415 - only when a run starts
-    from batchgen.session import SessionError  # noqa: PLC0415
+    from batchgen.run.event_loop import run  # noqa: PLC0415 - only when a run starts
+    from batchgen.run.session import SessionError  # noqa: PLC0415
 
     try:
         summary = run(run_until_signal(req))

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from batchgen.cli import EXIT_OK, EXIT_TEMPFAIL, EXIT_USAGE
-from batchgen.export import (
+from batchgen.reports.export import (
     ExportStats,
     export_columns,
     export_rows,
@@ -17,7 +17,7 @@ from batchgen.export import (
     write_csv,
     write_jsonl,
 )
-from batchgen.state import RunLocked, StateError
+from batchgen.store.state import RunLocked, StateError
 
 
 def add_parser(subparsers: Any) -> None:

@@ -10,9 +10,9 @@ from typing import Any
 
 from batchgen.cli import EXIT_OK, EXIT_USAGE
 from batchgen.cli.validate import add_max_jobs, positive_int
-from batchgen.diagnostics import Diagnostic, ManifestError
-from batchgen.manifest import load_manifest
-from batchgen.plan import build_plan, format_plan
+from batchgen.manifest.diagnostics import Diagnostic, ManifestError
+from batchgen.manifest.loader import load_manifest
+from batchgen.manifest.plan import build_plan, format_plan
 
 
 def add_parser(subparsers: Any) -> None:

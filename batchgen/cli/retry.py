@@ -14,10 +14,10 @@ from batchgen.cli._runargs import (
     run_and_report,
     run_request,
 )
-from batchgen.progress import setup_logging
-from batchgen.report import clean_text
-from batchgen.retry import RetryError, reset_for_retry
-from batchgen.state import RunLocked, StateError
+from batchgen.reports.status import clean_text
+from batchgen.run.progress import setup_logging
+from batchgen.run.retry import RetryError, reset_for_retry
+from batchgen.store.state import RunLocked, StateError
 
 
 def add_parser(subparsers: Any) -> None:

@@ -16,10 +16,10 @@ from batchgen.cli._runargs import (
     run_and_report,
     run_request,
 )
-from batchgen.diagnostics import ManifestError
-from batchgen.progress import setup_logging
-from batchgen.shard import Shard, ShardError, parse_shard
-from batchgen.state import StateError
+from batchgen.manifest.diagnostics import ManifestError
+from batchgen.manifest.shard import Shard, ShardError, parse_shard
+from batchgen.run.progress import setup_logging
+from batchgen.store.state import StateError
 
 logger = logging.getLogger("batchgen.run")
 

@@ -7,8 +7,14 @@ import sys
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
-from batchgen._simconfig import FAULT_ROUTES, FaultRoute, Latency, SimulatorConfig, StatusNames
 from batchgen.cli import EXIT_OK, EXIT_STOPPED, EXIT_USAGE
+from batchgen.simulator.settings import (
+    FAULT_ROUTES,
+    FaultRoute,
+    Latency,
+    SimulatorConfig,
+    StatusNames,
+)
 
 T = TypeVar("T")
 DEFAULT_PORT = 8765
@@ -195,7 +201,7 @@ def config_from_args(args: argparse.Namespace) -> SimulatorConfig:
 
 def handle(args: argparse.Namespace) -> int:
     """Serve until interrupted; exit 2 on bad knobs or host, 3 if the port cannot be bound."""
-    from batchgen.simulator import Simulator, is_loopback_host, run_server  # noqa: PLC0415
+    from batchgen.simulator.app import Simulator, is_loopback_host, run_server  # noqa: PLC0415
 
     try:
         config = config_from_args(args)

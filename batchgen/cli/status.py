@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from batchgen.cli import EXIT_OK, EXIT_USAGE
-from batchgen.report import format_status, status_report
-from batchgen.state import StateError
+from batchgen.reports.status import format_status, status_report
+from batchgen.store.state import StateError
 
 
 def add_parser(subparsers: Any) -> None:

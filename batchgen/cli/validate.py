@@ -8,8 +8,8 @@ import sys
 from typing import Any
 
 from batchgen.cli import EXIT_OK, EXIT_USAGE
-from batchgen.diagnostics import Diagnostic, ManifestError
-from batchgen.manifest import DEFAULT_MAX_JOBS, load_manifest
+from batchgen.manifest.diagnostics import Diagnostic, ManifestError
+from batchgen.manifest.loader import DEFAULT_MAX_JOBS, load_manifest
 
 
 def positive_int(text: str) -> int:

@@ -1,6 +1,6 @@
 """Run ``batchgen run TARGET`` through the library with test-speed timing, in its own process.
 
-The same session code as the ``run`` command (``batchgen.session.run_session``), but with
+The same session code as the ``run`` command (``batchgen.run.session.run_session``), but with
 poll and backoff intervals scaled to a server whose tasks last tens of milliseconds, so a
 test can SIGKILL it at random instants and resume it many times in a few seconds.
 
@@ -17,7 +17,7 @@ import signal
 import sys
 from pathlib import Path
 
-from batchgen.session import RunRequest, SessionError, run_session
+from batchgen.run.session import RunRequest, SessionError, run_session
 
 FAST_OPTIONS = {
     "first_poll": 0.02,

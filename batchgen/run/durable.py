@@ -6,7 +6,7 @@ to its own thread (``asyncio.to_thread``) costs more CPU than the work itself:
 a thread wake-up, a loop wake-up and a tug-of-war for the GIL around each of a
 dozen system calls.  Here downloads queue their checked images; one worker takes
 everything queued at once, fsyncs and renames each file, fsyncs the folder once
-(:meth:`batchgen.output.OutputDir.commit`), and one call back into the loop
+(:meth:`batchgen.store.outputs.OutputDir.commit`), and one call back into the loop
 resolves the whole batch.  While the worker is busy the next batch gathers.
 """
 
@@ -17,8 +17,8 @@ import contextlib
 import threading
 from dataclasses import dataclass
 
-from batchgen.output import ImageFile, OutputDir
-from batchgen.state import ResultInfo
+from batchgen.store.outputs import ImageFile, OutputDir
+from batchgen.store.state import ResultInfo
 
 __all__ = ["ImageCommitter"]
 

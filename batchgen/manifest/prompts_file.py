@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from batchgen.diagnostics import Diagnostic, did_you_mean, short
+from batchgen.manifest.diagnostics import Diagnostic, did_you_mean, short
 
 __all__ = ["SUFFIXES", "PromptRows", "PromptsFileProblem", "read_prompts"]
 

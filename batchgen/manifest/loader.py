@@ -30,18 +30,16 @@ from json.encoder import c_make_encoder, encode_basestring  # type: ignore[attr-
 from pathlib import Path
 from typing import Any
 
-from batchgen._expand import (
-    CountTooHardError,
-    Rule,
-    Template,
-    TemplateError,
-    count_combos,
-    iter_combos,
-    render_value,
+from batchgen.manifest.catalogue import (
+    FieldProblem,
+    ModelSchema,
+    SchemaFileError,
+    UnknownModelError,
+    available_models,
+    load_model,
+    type_name,
 )
-from batchgen._prompts import SUFFIXES, PromptRows, PromptsFileProblem, read_prompts
-from batchgen._yaml import Locations, PathT, load_yaml, path_text
-from batchgen.diagnostics import (
+from batchgen.manifest.diagnostics import (
     ERROR,
     WARNING,
     Diagnostic,
@@ -51,15 +49,17 @@ from batchgen.diagnostics import (
     quoted,
     short,
 )
-from batchgen.schemas import (
-    FieldProblem,
-    ModelSchema,
-    SchemaFileError,
-    UnknownModelError,
-    available_models,
-    load_model,
-    type_name,
+from batchgen.manifest.expand import (
+    CountTooHardError,
+    Rule,
+    Template,
+    TemplateError,
+    count_combos,
+    iter_combos,
+    render_value,
 )
+from batchgen.manifest.prompts_file import SUFFIXES, PromptRows, PromptsFileProblem, read_prompts
+from batchgen.manifest.yaml_reader import Locations, PathT, load_yaml, path_text
 
 __all__ = [
     "DEFAULT_MAX_JOBS",

@@ -9,7 +9,7 @@ per request.  This transport does the least an API client needs: one
 few connections stay warm and the rest expire), and httpx's own request and response objects
 at the edges, so callers keep httpx's API.
 
-Only what :class:`batchgen.client.ModellixClient` uses is supported: HTTP/1.1 (and 1.0
+Only what :class:`batchgen.api.client.ModellixClient` uses is supported: HTTP/1.1 (and 1.0
 answers), byte request bodies, bodies delimited by ``Content-Length``, chunked encoding
 or the end of the connection, httpx's ``timeout`` extension (``connect``, ``read``,
 ``pool``) and an optional deadline for a whole exchange, TLS with httpx's default
@@ -494,7 +494,7 @@ class Http11Transport(httpx.AsyncBaseTransport):
         """Send one complete HTTP/1.1 request ``message`` (head and body, ``Host`` included)
         to ``origin`` (scheme, host, port); the answer's body is streamed (read it, then
         close it).  ``timeouts`` has httpx's ``timeout`` extension keys.  Callers that build
-        the same head many times (:class:`batchgen.client.ModellixClient`) skip building an
+        the same head many times (:class:`batchgen.api.client.ModellixClient`) skip building an
         :class:`httpx.Request` this way.  ``deadline`` (a loop time) bounds the whole
         exchange, body included: past it, waits end with :class:`TimeoutError`."""
         if self._closed:

@@ -27,7 +27,7 @@ from typing import Any
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError, ValidationError
 
-from batchgen.diagnostics import did_you_mean, one_of, quoted, short
+from batchgen.manifest.diagnostics import did_you_mean, one_of, quoted, short
 
 __all__ = [
     "FieldProblem",
@@ -76,7 +76,7 @@ def schemas_dir() -> Path:
     Inside an installed wheel that is ``batchgen/schemas``; in a source checkout
     it is the repository's top-level ``schemas`` folder.
     """
-    here = Path(__file__).resolve().parent
+    here = Path(__file__).resolve().parent.parent  # the batchgen package
     packaged = here / "schemas"
     if (packaged / "models").is_dir():
         return packaged

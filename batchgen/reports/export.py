@@ -2,12 +2,12 @@
 
 Rows come from the state files alone (read-only; safe while a run writes), so
 the table is right even when ``metadata.jsonl`` is stale.  Several run
-directories (e.g. the shards of one manifest, see :mod:`batchgen.shard`) merge
+directories (e.g. the shards of one manifest, see :mod:`batchgen.manifest.shard`) merge
 into one table with exactly one row per image: a job ID is exported once, from
 the first directory (in the order given) where it is done.
 
 Row shape (``state="done"``): the ``metadata.jsonl`` record of the job
-(:func:`batchgen.output.metadata_record`: ``file_name``, ``job_id``, ``prompt``,
+(:func:`batchgen.store.outputs.metadata_record`: ``file_name``, ``job_id``, ``prompt``,
 the other body fields, ``model``, ``task_id``, ``sha256``, ``width``,
 ``height``, ``bytes``, ``submitted_at``, ``finished_at``) plus ``run`` (the run
 directory).  ``file_name`` is relative to ``relative_to`` when given, else to
@@ -27,9 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Literal
 
-from batchgen.output import metadata_record, open_atomic, rebuild_metadata
-from batchgen.report import open_readonly_db
-from batchgen.state import DONE, JobRecord, StateStore, acquire_run_lock, state_path
+from batchgen.reports.status import open_readonly_db
+from batchgen.store.outputs import metadata_record, open_atomic, rebuild_metadata
+from batchgen.store.state import DONE, JobRecord, StateStore, acquire_run_lock, state_path
 
 __all__ = [
     "ExportState",
@@ -119,7 +119,7 @@ def export_rows(
 ) -> Iterator[dict[str, Any]]:
     """The table's rows, one per image (``done``) or one per job (``all``), over ``runs``.
 
-    Raises :class:`batchgen.state.StateError` for a run without a usable state file.
+    Raises :class:`batchgen.store.state.StateError` for a run without a usable state file.
     """
     if state not in ("done", "all"):
         raise ValueError(f"state must be 'done' or 'all', not {state!r}")
@@ -217,7 +217,7 @@ def rebuild_run_metadata(run: Path) -> int:
     """Rewrite ``metadata.jsonl`` of ``run`` from its state file; returns the line count.
 
     Takes the run lock (a run appending to the file at the same time would lose lines), so it
-    raises :class:`batchgen.state.RunLocked` while a run holds it.
+    raises :class:`batchgen.store.state.RunLocked` while a run holds it.
     """
     run_dir = _run_dir(Path(run))
     with StateStore.open_readonly(run_dir) as store, acquire_run_lock(run_dir):

@@ -36,15 +36,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from batchgen.schemas import UnknownModelError, load_model
-from batchgen.state import StateStore, acquire_run_lock, state_path
+from batchgen.manifest.catalogue import UnknownModelError, load_model
+from batchgen.store.state import StateStore, acquire_run_lock, state_path
 
 if TYPE_CHECKING:
     # Imported by retry_run when it runs: resetting jobs needs no HTTP stack.
     import asyncio
 
-    from batchgen.runner import RunSummary
-    from batchgen.session import RunRequest
+    from batchgen.run.runner import RunSummary
+    from batchgen.run.session import RunRequest
 
 __all__ = [
     "RETRYABLE_STATES",
@@ -129,8 +129,9 @@ def reset_for_retry(
     """Put the chosen terminal jobs of ``run`` back to ``pending`` (see the module doc).
 
     ``states`` picks every job in those states; ``job_ids`` names jobs.  Raises
-    :class:`RetryError`, :class:`batchgen.state.RunLocked` while a run holds the lock, or
-    :class:`batchgen.state.StateError` when the state file is damaged or from a newer batchgen.
+    :class:`RetryError`, :class:`batchgen.store.state.RunLocked` while a run holds the lock, or
+    :class:`batchgen.store.state.StateError` when the state file is damaged or from a newer
+    batchgen.
     """
     wanted = set(states)
     bad = wanted - set(RETRYABLE_STATES)
@@ -200,7 +201,7 @@ async def retry_run(
     run RUN_DIR`` (limits, base URL and ``--simulate`` from the state file unless ``request``
     overrides them; its ``target`` is replaced by the run directory).  The summary is ``None``
     when nothing was reset."""
-    from batchgen.session import RunRequest, run_session  # noqa: PLC0415 - only to run
+    from batchgen.run.session import RunRequest, run_session  # noqa: PLC0415 - only to run
 
     plan = reset_for_retry(run, states=states, job_ids=job_ids, sets=sets)
     if not plan.reset:

@@ -17,7 +17,7 @@ import yaml
 from yaml.constructor import ConstructorError, SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from batchgen.diagnostics import Diagnostic, ManifestError, short
+from batchgen.manifest.diagnostics import Diagnostic, ManifestError, short
 
 __all__ = ["MAX_NODES", "Locations", "PathT", "load_yaml", "path_text"]
 

@@ -8,7 +8,7 @@ environment variable ``BATCHGEN_TEXTFILE_DIR`` names a folder (the collector's
 to the next.  Files are written atomically (temp file + rename), so the
 collector never reads half a file.
 
-Every number comes from the state file (:func:`batchgen.report.status_report`
+Every number comes from the state file (:func:`batchgen.reports.status.status_report`
 plus the done jobs' task durations), so the file can be regenerated at any
 time, e.g. after a crash: ``write_metrics(run_dir)``.
 """
@@ -22,9 +22,9 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from batchgen.output import open_atomic
-from batchgen.report import StatusReport, open_readonly_db, status_report
-from batchgen.state import ALL_STATES, StateStore
+from batchgen.reports.status import StatusReport, open_readonly_db, status_report
+from batchgen.store.outputs import open_atomic
+from batchgen.store.state import ALL_STATES, StateStore
 
 __all__ = [
     "METRICS_NAME",
@@ -190,7 +190,7 @@ def write_metrics(
 ) -> Path:
     """Write ``metrics.prom`` (default: in the run directory) for the run ``source`` (a state
     store, a run directory or a state file); also to ``$BATCHGEN_TEXTFILE_DIR`` when set.
-    Returns the path written.  Raises :class:`batchgen.state.StateError` or ``OSError``."""
+    Returns the path written.  Raises :class:`batchgen.store.state.StateError` or ``OSError``."""
     run = source.path if isinstance(source, StateStore) else Path(source)
     report = status_report(run)
     text = render_metrics(report, task_durations(run), running=running, exit_code=exit_code)

@@ -47,8 +47,8 @@ import anyio
 import httpx
 
 from batchgen import __version__
-from batchgen._http11 import Http11Body, Http11Transport
-from batchgen._http11 import origin_of as _origin
+from batchgen.api.http11 import Http11Body, Http11Transport
+from batchgen.api.http11 import origin_of as _origin
 
 __all__ = [
     "DEFAULT_BASE_URL",
@@ -795,7 +795,7 @@ class ModellixClient:
         # Header lines per (origin, netloc, extra headers): built once, not per request.
         self._head_blocks: dict[tuple[_Origin, bytes, tuple[tuple[str, str], ...]], bytes] = {}
         if default and not _proxies_configured():
-            # No proxy to honour: the lean HTTP/1.1 transport (batchgen._http11), whose cost
+            # No proxy to honour: the lean HTTP/1.1 transport (batchgen.api.http11), whose cost
             # per request is small and does not grow with the pool. TLS still honours
             # SSL_CERT_FILE/SSL_CERT_DIR.
             self._direct = Http11Transport(

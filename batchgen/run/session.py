@@ -3,7 +3,7 @@
 :func:`run_session` loads the manifest, picks the run directory, takes its
 lock, records the jobs in the state file, prepares the output folder, builds
 the client (the real API, or the in-process simulator with ``simulate``) and
-runs the pool (:mod:`batchgen.runner`).  Everything a library user needs to
+runs the pool (:mod:`batchgen.run.runner`).  Everything a library user needs to
 run a manifest without the command line.
 """
 
@@ -22,13 +22,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from batchgen.client import ConfigError, ModellixClient, api_key_from_env, resolve_base_url
-from batchgen.manifest import Limits, Manifest, load_manifest
-from batchgen.output import OutputDir
-from batchgen.progress import Progress
-from batchgen.runner import RunOptions, RunSummary, run_jobs
-from batchgen.shard import Shard, filter_shard, shard_run_dir
-from batchgen.state import DB_NAME, StateError, StateStore, acquire_run_lock
+from batchgen.api.client import ConfigError, ModellixClient, api_key_from_env, resolve_base_url
+from batchgen.manifest.loader import Limits, Manifest, load_manifest
+from batchgen.manifest.shard import Shard, filter_shard, shard_run_dir
+from batchgen.run.progress import Progress
+from batchgen.run.runner import RunOptions, RunSummary, run_jobs
+from batchgen.store.outputs import OutputDir
+from batchgen.store.state import DB_NAME, StateError, StateStore, acquire_run_lock
 
 __all__ = [
     "FINGERPRINT_KEY",
@@ -76,13 +76,13 @@ class RunRequest:
     max_runtime: float | None = None
     max_jobs: int = 1_000_000
     shard: Shard | None = None
-    """Run only this deterministic slice of the manifest's jobs (:mod:`batchgen.shard`), in its
-    own run directory (suffix ``-shard-i-of-N``)."""
+    """Run only this deterministic slice of the manifest's jobs (:mod:`batchgen.manifest.shard`),
+    in its own run directory (suffix ``-shard-i-of-N``)."""
     today: _dt.date | None = None
     progress_bar: bool | None = None
     """A tqdm bar (``None``: only when stderr is a terminal)."""
     options: dict[str, Any] = field(default_factory=dict)
-    """Extra :class:`batchgen.runner.RunOptions` fields."""
+    """Extra :class:`batchgen.run.runner.RunOptions` fields."""
 
 
 def resolve_target(target: Path) -> tuple[Path | None, Path | None]:
@@ -335,7 +335,7 @@ def _make_client(
     if simulate:
         import httpx  # noqa: PLC0415
 
-        from batchgen.simulator import Simulator, SimulatorConfig  # noqa: PLC0415
+        from batchgen.simulator.app import Simulator, SimulatorConfig  # noqa: PLC0415
 
         config = SimulatorConfig(time_scale=SIMULATE_TIME_SCALE, seed=int(time.time()))
         sim = Simulator(config)

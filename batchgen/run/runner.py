@@ -1,6 +1,6 @@
 """The run loop: one asyncio loop, one client, a bounded pool of remote tasks.
 
-:func:`run_jobs` takes a state file (:class:`batchgen.state.StateStore`) whose
+:func:`run_jobs` takes a state file (:class:`batchgen.store.state.StateStore`) whose
 jobs are already recorded and drives every job to an end: it submits pending
 jobs (at most ``limits.concurrency`` remote tasks in flight, at most
 ``limits.rate`` submissions per second, at most ``limits.submits_in_flight``
@@ -10,12 +10,12 @@ step in the state file before acting on it.  Jobs are read from the state file
 lazily, in pages, so memory stays small and the first submission comes at once
 however many jobs the file holds.
 
-Outcomes by error class (see :mod:`batchgen.client`):
+Outcomes by error class (see :mod:`batchgen.api.client`):
 
 * 429: the job goes back to the queue without using an attempt and is submitted again
   once the shared pause ends.  A 429 starts that pause (``Retry-After`` or a backoff) and
   halves the concurrency limit only when it opens a new throttle window
-  (:class:`batchgen._pacing.RateLimiter`): 429s answering submits sent before the pause
+  (:class:`batchgen.run.pacing.RateLimiter`): 429s answering submits sent before the pause
   ended, or in the recovery span after it, neither restart the pause nor cut the limit
   again; each accepted submit grows the limit back by one (AIMD).
 * 400: the job is ``rejected``; never retried.
@@ -49,11 +49,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from batchgen._durable import ImageCommitter
-from batchgen._pacing import AimdLimit, DownloadLane, RateLimiter, backoff_delay
-from batchgen._polling import PollSchedule
-from batchgen._reasons import failure_reason
-from batchgen.client import (
+from batchgen.api.client import (
     ApiError,
     ModellixClient,
     NotFound,
@@ -62,9 +58,13 @@ from batchgen.client import (
     Resource,
     ResultExpired,
 )
-from batchgen.output import ImageCheckError, ImageFile, OutputDir
-from batchgen.progress import Progress
-from batchgen.state import ALL_STATES, JobRecord, ResultInfo, StateError, StateStore
+from batchgen.reports.reasons import failure_reason
+from batchgen.run.durable import ImageCommitter
+from batchgen.run.pacing import AimdLimit, DownloadLane, RateLimiter, backoff_delay
+from batchgen.run.polling import PollSchedule
+from batchgen.run.progress import Progress
+from batchgen.store.outputs import ImageCheckError, ImageFile, OutputDir
+from batchgen.store.state import ALL_STATES, JobRecord, ResultInfo, StateError, StateStore
 
 __all__ = ["EXIT_CODES", "LimitsLike", "RunOptions", "RunSummary", "Runner", "run_jobs"]
 
@@ -75,7 +75,7 @@ _TERMINAL_BAD = ("failed", "rejected", "expired")
 
 
 class LimitsLike(Protocol):
-    """The run limits (``batchgen.manifest.Limits`` fits)."""
+    """The run limits (``batchgen.manifest.loader.Limits`` fits)."""
 
     @property
     def concurrency(self) -> int: ...
@@ -100,7 +100,7 @@ class RunOptions:
     stop: asyncio.Event | None = None
     """Set it (e.g. from a signal handler) to stop submitting and end the run (exit 130)."""
     submit_path: Callable[[str], str] | None = None
-    """Model name → submit path; default: the model's schema (``batchgen.schemas``)."""
+    """Model name → submit path; default: the model's schema (``batchgen.manifest.catalogue``)."""
     first_poll: float = 2.0
     """Seconds before the first poll while nothing is learnt about task durations."""
     min_poll_interval: float = 0.05
@@ -124,7 +124,8 @@ class RunOptions:
     progress: Progress | None = None
     progress_interval: float = 1.0
     metrics_interval: float | None = 60.0
-    """Write ``metrics.prom`` (:mod:`batchgen.metrics`) this often and at the end; None: never."""
+    """Write ``metrics.prom`` (:mod:`batchgen.reports.metrics`) this often and at the end;
+    None: never."""
     seed: int | None = None
     """Seed of the backoff jitter (tests)."""
 
@@ -192,7 +193,7 @@ class RunSummary:
 
 
 def _default_submit_path(model: str) -> str:
-    from batchgen.schemas import load_model  # noqa: PLC0415 - keep the runner importable alone
+    from batchgen.manifest.catalogue import load_model  # noqa: PLC0415 - keep the runner importable alone
 
     return load_model(model).submit_path
 
@@ -273,7 +274,8 @@ class Runner:
 
     def _fail(self, job_id: str, from_state: str, reason: str) -> None:
         """Mark the job ``failed`` and count it under its reason's group: the same grouping as
-        ``batchgen status`` (:func:`batchgen._reasons.failure_reason`; no task ids, no URLs)."""
+        ``batchgen status`` (:func:`batchgen.reports.reasons.failure_reason`; no task ids, no
+        URLs)."""
         self.store.mark_failed(job_id, reason)
         self._moved(from_state, "failed")
         key = failure_reason("failed", reason)
@@ -598,7 +600,7 @@ class Runner:
 
     async def _download(self, job_id: str, resources: list[Resource], attempts: int) -> None:
         """Download, check and record the result, in turn in the download lane (see
-        :class:`batchgen._pacing.DownloadLane`: polls and submits first)."""
+        :class:`batchgen.run.pacing.DownloadLane`: polls and submits first)."""
         await self._downloads.acquire()
         try:
             await self._download_in_lane(job_id, resources, attempts)
@@ -811,7 +813,7 @@ class Runner:
 
     async def _write_metrics(self, **kw: Any) -> None:
         """Write ``metrics.prom`` in a thread; a failure is logged, never fatal."""
-        from batchgen.metrics import write_metrics  # noqa: PLC0415 - optional feature
+        from batchgen.reports.metrics import write_metrics  # noqa: PLC0415 - optional feature
 
         try:
             await asyncio.to_thread(write_metrics, self.store.path, **kw)

@@ -42,9 +42,9 @@ from typing import Any, cast
 import httpx
 from jsonschema import Draft202012Validator
 
-from batchgen._png import MAX_SIDE, png_bytes
-from batchgen._simconfig import FAULT_ROUTES, Latency, SimulatorConfig, StatusNames
-from batchgen.client import is_loopback_host
+from batchgen.api.client import is_loopback_host
+from batchgen.simulator.png import MAX_SIDE, png_bytes
+from batchgen.simulator.settings import FAULT_ROUTES, Latency, SimulatorConfig, StatusNames
 
 __all__ = [
     "FAULT_ROUTES",
@@ -115,7 +115,7 @@ class _Model:
 
 
 def _schema_root() -> Path:
-    package = Path(__file__).resolve().parent
+    package = Path(__file__).resolve().parent.parent  # the batchgen package
     for candidate in (package / "schemas", package.parent / "schemas"):
         if (candidate / "models").is_dir():
             return candidate
@@ -126,9 +126,9 @@ def _model_schemas(schema_dir: Path | None) -> list[tuple[str, dict[str, Any]]]:
     """``(name, schema)`` of every model with a body schema."""
     if schema_dir is None:
         try:
-            schemas = importlib.import_module("batchgen.schemas")
+            schemas = importlib.import_module("batchgen.manifest.catalogue")
         except ModuleNotFoundError as exc:
-            if exc.name != "batchgen.schemas":
+            if exc.name != "batchgen.manifest.catalogue":
                 raise
         else:
             names: list[str] = schemas.available_models()

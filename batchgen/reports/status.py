@@ -35,8 +35,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from batchgen._reasons import failure_reason
-from batchgen.state import (
+from batchgen.reports.reasons import failure_reason
+from batchgen.store.state import (
     ALL_STATES,
     LOCK_NAME,
     SCHEMA_VERSION,
@@ -351,7 +351,8 @@ def status_report(run: Path, *, examples: int = 3, now: float | None = None) -> 
     """The status of ``run`` (a run directory or its ``state.db``) from the state file alone.
 
     Read-only; safe while a run is writing.  ``examples`` job IDs and prompts are kept per
-    failure group.  Raises :class:`batchgen.state.StateError` when there is no usable state file.
+    failure group.  Raises :class:`batchgen.store.state.StateError` when there is no usable
+    state file.
     """
     run = Path(run)
     path = state_path(run)

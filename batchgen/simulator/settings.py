@@ -1,4 +1,4 @@
-"""Settings of the simulator (see :mod:`batchgen.simulator`): every knob, in one dataclass.
+"""Settings of the simulator (see :mod:`batchgen.simulator.app`): every knob, in one dataclass.
 
 Times come in two kinds, and each field says which:
 

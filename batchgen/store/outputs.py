@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Literal
 
-from batchgen.state import DONE, JobRecord, ResultInfo, StateStore
+from batchgen.store.state import DONE, JobRecord, ResultInfo, StateStore
 
 __all__ = [
     "EXTENSIONS",

@@ -1,0 +1,1 @@
+"""Reading finished or running runs: status, export, metrics, failure reasons."""

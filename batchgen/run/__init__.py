@@ -1,0 +1,1 @@
+"""Running jobs: the session, the run loop, pacing, polling, durable writes, progress."""

@@ -1,0 +1,1 @@
+"""The fake provider: an ASGI app speaking the API, its settings, its PNG bytes."""

@@ -1,0 +1,1 @@
+"""A run directory on disk: the state file (SQLite), the run lock, images and metadata."""
