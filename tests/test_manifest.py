@@ -12,15 +12,9 @@ import yaml
 from jsonschema import Draft202012Validator
 
 from batchgen.manifest import catalogue as schemas
-from batchgen.manifest.loader import (
-    Limits,
-    ManifestError,
-    canonical_json,
-    job_id_for,
-    load_manifest,
-    parse_duration,
-    parse_rate,
-)
+from batchgen.manifest.loader import ManifestError, load_manifest
+from batchgen.manifest.types import Limits, canonical_json, job_id_for
+from batchgen.manifest.units import parse_duration, parse_rate
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "manifests"

@@ -8,8 +8,8 @@ from collections import Counter
 from dataclasses import asdict
 from typing import Any
 
+from batchgen.manifest.compiled import Manifest
 from batchgen.manifest.diagnostics import short
-from batchgen.manifest.loader import Manifest
 
 __all__ = ["build_plan", "format_plan"]
 

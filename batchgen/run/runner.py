@@ -75,7 +75,7 @@ _TERMINAL_BAD = ("failed", "rejected", "expired")
 
 
 class LimitsLike(Protocol):
-    """The run limits (``batchgen.manifest.loader.Limits`` fits)."""
+    """The run limits (``batchgen.manifest.types.Limits`` fits)."""
 
     @property
     def concurrency(self) -> int: ...

@@ -23,8 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from batchgen.api.client import ConfigError, ModellixClient, api_key_from_env, resolve_base_url
-from batchgen.manifest.loader import Limits, Manifest, load_manifest
+from batchgen.manifest.compiled import Manifest
+from batchgen.manifest.loader import load_manifest
 from batchgen.manifest.shard import Shard, filter_shard, shard_run_dir
+from batchgen.manifest.types import Limits
 from batchgen.run.progress import Progress
 from batchgen.run.runner import RunOptions, RunSummary, run_jobs
 from batchgen.store.outputs import OutputDir
