@@ -148,7 +148,9 @@ def test_schema_loader_finds_schemas_inside_an_installed_package(
     schemas._load_model.cache_clear()
     try:
         assert schemas.schemas_dir() == package / "schemas"
-        assert schemas.available_models() == ["acme/painter-2", "openai/gpt-image-1.5"]
+        models = schemas.available_models()
+        assert "acme/painter-2" in models
+        assert "openai/gpt-image-1.5" in models
         assert schemas.load_model("acme/painter-2").name == "acme/painter-2"
         assert schemas.manifest_schema()["title"] == "batchgen manifest"
     finally:

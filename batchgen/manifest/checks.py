@@ -17,6 +17,7 @@ from batchgen.manifest.catalogue import (
     UnknownModelError,
     available_models,
     load_model,
+    models_listing,
     type_name,
 )
 from batchgen.manifest.diagnostics import ERROR, WARNING, Diagnostic, did_you_mean
@@ -216,7 +217,7 @@ def resolve_model(ctx: Ctx, path: PathT, raw: Any) -> ModelSchema | None:
         ctx.error(
             path,
             f"model is {type_name(raw)}",
-            expected="a model name: " + ", ".join(available_models()),
+            expected="a model name, one of " + models_listing(available_models()),
         )
         return None
     try:
@@ -225,7 +226,7 @@ def resolve_model(ctx: Ctx, path: PathT, raw: Any) -> ModelSchema | None:
         ctx.error(
             path,
             f"unknown model '{raw}'",
-            expected="one of the available models: " + (", ".join(exc.available) or "none"),
+            expected="one of the available models: " + models_listing(exc.available),
             hint=exc.hint,
         )
     except SchemaFileError as exc:

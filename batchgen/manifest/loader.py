@@ -21,7 +21,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from batchgen.manifest.catalogue import available_models, load_model, type_name
+from batchgen.manifest.catalogue import available_models, load_model, models_listing, type_name
 from batchgen.manifest.checks import (
     Ctx,
     as_template,
@@ -222,7 +222,7 @@ class _Loader(GroupSources, ExpansionChecks):
                     gpath,
                     "no model for this group",
                     expected="model: at the top of the manifest or in the group; available: "
-                    + ", ".join(available_models()),
+                    + models_listing(available_models()),
                 )
             return None
         if model is None:
