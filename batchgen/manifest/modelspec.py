@@ -26,6 +26,8 @@ __all__ = [
     "ImageInputSpec",
     "ModelSpec",
     "all_specs",
+    "describe",
+    "describe_fields",
     "expected_images",
     "list_price",
     "model_spec",
@@ -126,3 +128,80 @@ def list_price(spec: ModelSpec, body: Mapping[str, Any]) -> float | None:
         if rule.matches(full):
             return rule.usd * expected_images(spec, body)
     return None
+
+
+_LIMIT_KEYS = (
+    "minimum",
+    "maximum",
+    "exclusiveMinimum",
+    "exclusiveMaximum",
+    "multipleOf",
+    "minLength",
+    "maxLength",
+    "minItems",
+    "maxItems",
+    "pattern",
+)
+
+
+def describe(spec: ModelSpec) -> dict[str, Any]:
+    """A JSON-ready summary of a model: what ``batchgen models`` lists."""
+    price: list[dict[str, Any]] | None = None
+    if spec.price is not None:
+        price = [{"when": dict(rule.when), "usd": rule.usd} for rule in spec.price]
+    return {
+        "id": spec.id,
+        "provider": spec.provider,
+        "task_type": spec.task_type,
+        "submit_paths": list(spec.submit_paths),
+        "outputs": (
+            None
+            if spec.outputs is None
+            else {
+                "field": spec.outputs.field,
+                "default": spec.outputs.default,
+                "when": dict(spec.outputs.when) if spec.outputs.when else None,
+            }
+        ),
+        "image_inputs": {
+            image.field: {
+                "min": image.min_count,
+                "max": image.max_count,
+                "max_bytes": image.max_bytes,
+                "formats": list(image.formats) if image.formats is not None else None,
+                "data_uri": image.data_uri,
+            }
+            for image in spec.image_inputs
+        },
+        "price_per_image_usd": price,
+        "file": str(spec.file),
+    }
+
+
+def describe_fields(spec: ModelSpec) -> list[dict[str, Any]]:
+    """Every body field: name, type, required, default, enum, limits, description."""
+    schema = spec.validator
+    required = set(schema.required)
+    fields = []
+    for name, raw in schema.properties.items():
+        sub: dict[str, Any] = raw if isinstance(raw, dict) else {}
+        kind = sub.get("type", "any")
+        items = sub.get("items")
+        if kind == "array" and isinstance(items, dict) and "type" in items:
+            kind = f"array of {items['type']}"
+        entry: dict[str, Any] = {"name": name, "type": kind, "required": name in required}
+        if "default" in sub:
+            entry["default"] = sub["default"]
+        elif spec.outputs is not None and spec.outputs.field == name:
+            entry["default"] = spec.outputs.default
+        if "enum" in sub:
+            entry["enum"] = list(sub["enum"])
+        limits = {key: sub[key] for key in _LIMIT_KEYS if key in sub}
+        if limits:
+            entry["limits"] = limits
+        image = spec.image_input(name)
+        if image is not None:
+            entry["images"] = describe(spec)["image_inputs"][name]
+        entry["description"] = str(sub.get("description", ""))
+        fields.append(entry)
+    return fields
