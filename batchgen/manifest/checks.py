@@ -64,6 +64,8 @@ class Ctx:
         self.locations = locations
         self.diagnostics: list[Diagnostic] = []
         self._kinds: dict[tuple[str, str], int] = {}
+        self.label: tuple[str, str] | None = None
+        """(group path, suffix): messages about that group end their path with the suffix."""
 
     def add(
         self,
@@ -84,6 +86,11 @@ class Ctx:
             if seen >= _ERRORS_PER_KIND:
                 return
         line, col = self.locations.key(path) if at_key else self.locations.value(path)
+        if self.label is not None:
+            prefix, suffix = self.label
+            text = shown_path if shown_path is not None else path_text(path)
+            if text == prefix or text.startswith((prefix + ".", prefix + "[")):
+                shown_path = text + suffix
         self.diagnostics.append(
             Diagnostic(
                 self.file,

@@ -47,6 +47,7 @@ class CompiledGroup:
     repeat: int = 1
     combos: int = 1
     key_path: PathT = ()
+    label: str | None = None  # "jobs[0] (model x/y)" when the model comes from a matrix
 
     @property
     def row_count(self) -> int:
@@ -152,7 +153,7 @@ class Manifest:
     @property
     def groups(self) -> list[str]:
         """The job groups' paths (``jobs[0]``, ``jobs[1]``, …)."""
-        return [g.path for g in self._groups]
+        return list(dict.fromkeys(g.path for g in self._groups))
 
     def model_schema(self, model: str) -> ModelSchema:
         """The schema of a model this manifest uses (submit path, defaults, …)."""
@@ -163,8 +164,11 @@ class Manifest:
         return sum(g.count() for g in self._groups)
 
     def group_counts(self) -> dict[str, int]:
-        """Jobs per group path."""
-        return {g.path: g.count() for g in self._groups}
+        """Jobs per group path (a group with a model matrix counts all its models)."""
+        counts: dict[str, int] = {}
+        for g in self._groups:
+            counts[g.path] = counts.get(g.path, 0) + g.count()
+        return counts
 
     def iter_jobs(self) -> Iterator[Job]:
         """Every job, lazily, in a deterministic order.

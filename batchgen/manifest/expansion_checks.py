@@ -16,6 +16,7 @@ from batchgen.manifest.checks import Ctx
 from batchgen.manifest.compiled import CompiledGroup
 from batchgen.manifest.diagnostics import ManifestError, did_you_mean
 from batchgen.manifest.expand import Template, render_value
+from batchgen.manifest.model_matrix import refused_field
 from batchgen.manifest.types import canonical_json
 from batchgen.manifest.yaml_reader import PathT
 
@@ -72,7 +73,10 @@ class ExpansionChecks:
                 "template uses it"
             )
             kpath = (*group.key_path, "matrix", key)
-            if close:
+            refused = refused_field(group.model, key)
+            if refused.hint.startswith("it takes"):
+                ctx.problem(kpath, refused, at_key=True)
+            elif close:
                 ctx.error(kpath, message, hint=close, at_key=True)
             else:
                 ctx.warn(

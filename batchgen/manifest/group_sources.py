@@ -176,7 +176,7 @@ class GroupSources:
                             f"exclude value {quoted(value)} is not in matrix.{key}, so it "
                             "never matches",
                             expected=one_of(options),
-                            hint=did_you_mean(value, [o for o in options if isinstance(o, str)]),
+                            hint=self._exclude_hint(group, key, value, options),
                         )
                         continue
                     indices.add(idents.index(ident))
@@ -185,6 +185,20 @@ class GroupSources:
             if len(parts) == len(rule):
                 rules.append(tuple(parts))
         group.rules = tuple(rules)
+
+    @staticmethod
+    def _exclude_hint(group: CompiledGroup, key: str, value: Any, options: Any) -> str:
+        """A did-you-mean among the matrix values that are valid themselves: when the rule
+        names a valid value and the matrix has a typo, the typo is the mistake (reported at
+        the matrix), not the rule."""
+        model = group.model
+        body = key in model.properties
+        if body and not model.check_field(key, value):
+            return ""
+        valid = [o for o in options if isinstance(o, str)]
+        if body:
+            valid = [o for o in valid if not model.check_field(key, o)]
+        return did_you_mean(value, valid)
 
     def _rows(self, group: CompiledGroup, raw: Any, fields: dict[str, Any]) -> None:
         ctx = self.ctx

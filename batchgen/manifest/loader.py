@@ -41,6 +41,7 @@ from batchgen.manifest.diagnostics import (
 from batchgen.manifest.expand import CountTooHardError, count_combos
 from batchgen.manifest.expansion_checks import ExpansionChecks
 from batchgen.manifest.group_sources import GROUP_KEYS, GroupSources
+from batchgen.manifest.model_matrix import refused_field, split_by_model
 from batchgen.manifest.types import Job, Limits, canonical_json, job_id_for
 from batchgen.manifest.units import parse_duration, parse_rate
 from batchgen.manifest.yaml_reader import PathT, load_yaml, path_text
@@ -160,7 +161,9 @@ class _Loader(GroupSources, ExpansionChecks):
             raise ManifestError(ctx.sorted())
         self._check_count(groups)
         for group in groups:
+            ctx.label = (group.path, group.label[len(group.path) :]) if group.label else None
             self._check_expanded(group)
+        ctx.label = None
         ctx.summarize()
         if ctx.failed:
             raise ManifestError(ctx.sorted())
@@ -192,12 +195,28 @@ class _Loader(GroupSources, ExpansionChecks):
             return []
         groups = []
         for index, raw in enumerate(jobs):
+            matrix = raw.get("matrix") if isinstance(raw, dict) else None
+            if isinstance(matrix, dict) and "model" in matrix:
+                for sub_raw, model_path, label in split_by_model(ctx, ("jobs", index), raw):
+                    ctx.label = (path_text(("jobs", index)), label[label.index(" (") :])
+                    group = self._group(index, sub_raw, default_model, model_path, label)
+                    ctx.label = None
+                    if group is not None:
+                        groups.append(group)
+                continue
             group = self._group(index, raw, default_model)
             if group is not None:
                 groups.append(group)
         return groups
 
-    def _group(self, index: int, raw: Any, default_model: str | None) -> CompiledGroup | None:
+    def _group(
+        self,
+        index: int,
+        raw: Any,
+        default_model: str | None,
+        model_path: PathT | None = None,
+        label: str | None = None,
+    ) -> CompiledGroup | None:
         ctx = self.ctx
         gpath: PathT = ("jobs", index)
         where = path_text(gpath)
@@ -213,7 +232,7 @@ class _Loader(GroupSources, ExpansionChecks):
             ctx.error(gpath, f"job group is {type_name(raw)}", expected="a mapping with prompt: …")
             return None
         if "model" in raw:
-            model = resolve_model(ctx, (*gpath, "model"), raw["model"])
+            model = resolve_model(ctx, model_path or (*gpath, "model"), raw["model"])
         elif default_model is not None:
             model = load_model(default_model)
         else:
@@ -238,10 +257,19 @@ class _Loader(GroupSources, ExpansionChecks):
                 continue
             if key in props or key == "prompt" or not model.closed:
                 fields[key] = value
+            elif (refused := refused_field(model, key)).hint.startswith("it takes"):
+                ctx.problem((*gpath, key), refused, at_key=True,
+                            shown_path=f"{where} (model {model.name})")  # fmt: skip
             else:
                 unknown_key(ctx, (*gpath, key), key, allowed, f"{where} (model {model.name})")
         group = CompiledGroup(
-            index=index, path=where, model=model, base={}, templates={}, key_path=gpath
+            index=index,
+            path=where,
+            model=model,
+            base={},
+            templates={},
+            key_path=gpath,
+            label=label,
         )
 
         # matrix
