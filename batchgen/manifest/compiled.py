@@ -19,7 +19,7 @@ from batchgen.manifest.catalogue import ModelSchema, load_model
 from batchgen.manifest.diagnostics import Diagnostic
 from batchgen.manifest.expand import Rule, Template, iter_combos, render_value
 from batchgen.manifest.prompts_file import PromptRows
-from batchgen.manifest.types import Job, Limits, encode_canonical
+from batchgen.manifest.types import Job, Limits, encode_canonical, identity_view
 from batchgen.manifest.yaml_reader import PathT
 
 __all__ = ["DEFAULT_OUTPUT", "CompiledGroup", "Manifest"]
@@ -48,6 +48,7 @@ class CompiledGroup:
     combos: int = 1
     key_path: PathT = ()
     label: str | None = None  # "jobs[0] (model x/y)" when the model comes from a matrix
+    has_files: bool = False  # some body holds a local input image (file:…#sha256=…)
 
     @property
     def row_count(self) -> int:
@@ -143,6 +144,8 @@ class Manifest:
     warnings: list[Diagnostic] = field(default_factory=list)
     prompts_files: list[Path] = field(default_factory=list)
     """Every prompts file the manifest read (resolved paths, in group order, no repeats)."""
+    input_files: list[Path] = field(default_factory=list)
+    """Every local input image the bodies refer to (resolved paths, no repeats)."""
     _groups: list[CompiledGroup] = field(default_factory=list, repr=False)
 
     @property
@@ -183,8 +186,9 @@ class Manifest:
             model = group.model.name
             path = group.path
             repeat = group.repeat
+            files = group.has_files
             for body, _row, _combo in group.iter_bodies():
-                prefix = f"{model}\n{encode(body)}\n"
+                prefix = f"{model}\n{encode(identity_view(body) if files else body)}\n"
                 for r in range(repeat):
                     job_id = sha(f"{prefix}{r}".encode()).hexdigest()[:16]
                     yield Job(job_id, model, body if r == 0 else dict(body), r, path)

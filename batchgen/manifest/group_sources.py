@@ -16,6 +16,7 @@ from batchgen.manifest.checks import Ctx, as_template
 from batchgen.manifest.compiled import CompiledGroup
 from batchgen.manifest.diagnostics import ERROR, Diagnostic, did_you_mean, one_of, quoted, short
 from batchgen.manifest.expand import Template
+from batchgen.manifest.inputs import InputChecker
 from batchgen.manifest.prompts_file import SUFFIXES, PromptRows, PromptsFileProblem, read_prompts
 from batchgen.manifest.yaml_reader import PathT
 
@@ -30,6 +31,34 @@ class GroupSources:
     ctx: Ctx
     path: Path
     _files: dict[Path, None]
+    inputs: InputChecker
+
+    def _resolve_inputs(
+        self,
+        group: CompiledGroup,
+        path: PathT,
+        key: str,
+        value: Any,
+        *,
+        row: int | None = None,
+        rows: PromptRows | None = None,
+    ) -> Any:
+        """Check the ``file:`` references of an image field's value; return it resolved."""
+        spec = group.model.extension
+        image = next((i for i in spec.image_inputs if i.field == key), None)
+        if image is None:
+            return value
+        resolved, problems = self.inputs.check_value(group.model.name, image, value)
+        if resolved != value:
+            group.has_files = True
+        for problem in problems:
+            if row is not None:
+                self._row_error(group, row, message=problem.message, expected=problem.expected,
+                                hint=problem.hint, rows=rows)  # fmt: skip
+            else:
+                self.ctx.error(path, problem.message, expected=problem.expected,
+                               hint=problem.hint)  # fmt: skip
+        return resolved
 
     def _matrix(
         self, group: CompiledGroup, raw: Any, present: bool, fields: dict[str, Any]
@@ -105,6 +134,7 @@ class GroupSources:
                 template = None
                 if body:
                     value, template = as_template(ctx, vpath, value)
+                    value = self._resolve_inputs(group, vpath, key, value)
                     if template is None:
                         for problem in model.check_field(key, value):
                             ctx.problem(vpath, problem)
@@ -263,6 +293,9 @@ class GroupSources:
             extras = rows.extras or []
             for i, extra in enumerate(extras):
                 if col in extra:
+                    extra[col] = self._resolve_inputs(
+                        group, fpath, col, extra[col], row=i, rows=rows
+                    )
                     for problem in model.check_field(col, extra[col]):
                         if problem.message in seen_problem and len(seen_problem) > 20:
                             continue

@@ -41,6 +41,7 @@ from batchgen.manifest.diagnostics import (
 from batchgen.manifest.expand import CountTooHardError, count_combos
 from batchgen.manifest.expansion_checks import ExpansionChecks
 from batchgen.manifest.group_sources import GROUP_KEYS, GroupSources
+from batchgen.manifest.inputs import InputChecker
 from batchgen.manifest.model_matrix import refused_field, split_by_model
 from batchgen.manifest.types import Job, Limits, canonical_json, job_id_for
 from batchgen.manifest.units import parse_duration, parse_rate
@@ -116,6 +117,7 @@ class _Loader(GroupSources, ExpansionChecks):
         self._template_sources: dict[int, PathT] = {}
         self._once_seen: set[tuple[str, ...]] = set()
         self._files: dict[Path, None] = {}  # prompts files read, in order
+        self.inputs = InputChecker(path.parent)
 
     def load(self) -> Manifest:
         ctx, data = self.ctx, self.data
@@ -170,6 +172,7 @@ class _Loader(GroupSources, ExpansionChecks):
         manifest.warnings = [d for d in ctx.sorted() if not d.is_error]
         manifest._groups = groups
         manifest.prompts_files = list(self._files)
+        manifest.input_files = list(self.inputs.files)
         return manifest
 
     # ----------------------------------------------------------------- groups
@@ -371,6 +374,7 @@ class _Loader(GroupSources, ExpansionChecks):
             self._template_sources[id(template)] = path
             return
         group.templates.pop(key, None)
+        value = self._resolve_inputs(group, path, key, value)
         if where is None or self._once(("defaults", model.name, key)):
             for problem in model.check_field(key, value):
                 self.ctx.problem(path, problem)

@@ -14,7 +14,19 @@ from dataclasses import dataclass
 from json.encoder import c_make_encoder, encode_basestring  # type: ignore[attr-defined]
 from typing import Any
 
-__all__ = ["Job", "Limits", "canonical_json", "encode_canonical", "job_id_for"]
+__all__ = [
+    "FILE_PREFIX",
+    "HASH_MARK",
+    "Job",
+    "Limits",
+    "canonical_json",
+    "encode_canonical",
+    "identity_view",
+    "job_id_for",
+]
+
+FILE_PREFIX = "file:"
+HASH_MARK = "#sha256="
 
 
 @dataclass(frozen=True)
@@ -59,7 +71,31 @@ def canonical_json(body: Mapping[str, Any]) -> str:
     return encode_canonical(body)
 
 
+def _identity(value: Any) -> Any:
+    if isinstance(value, str) and value.startswith(FILE_PREFIX) and HASH_MARK in value:
+        return "sha256:" + value.rsplit(HASH_MARK, 1)[1]
+    if isinstance(value, list):
+        return [_identity(v) for v in value]
+    return value
+
+
+def identity_view(body: Mapping[str, Any]) -> dict[str, Any]:
+    """The body as the job ID sees it: each checked local input image
+    (``file:<path>#sha256=<hex>``) replaced by ``sha256:<hex>``, its content alone."""
+    return {key: _identity(value) for key, value in body.items()}
+
+
+def has_file_refs(body: Mapping[str, Any]) -> bool:
+    """True when the body holds a checked local input image reference."""
+    return HASH_MARK in encode_canonical(body)
+
+
 def job_id_for(model: str, body: Mapping[str, Any], repeat_index: int) -> str:
-    """Stable job ID: first 16 hex digits of sha256(model, canonical JSON body, repeat index)."""
+    """Stable job ID: first 16 hex digits of sha256(model, canonical JSON body, repeat index).
+
+    Local input images count by their content hash (:func:`identity_view`).
+    """
+    if has_file_refs(body):
+        body = identity_view(body)
     text = f"{model}\n{canonical_json(body)}\n{repeat_index}"
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]

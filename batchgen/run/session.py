@@ -266,7 +266,7 @@ def manifest_fingerprint(manifest: Manifest, *, max_jobs: int, shard: Shard | No
     when a file cannot be read again."""
     h = hashlib.sha256(b"batchgen-manifest-fingerprint-1\0")
     try:
-        for path in (manifest.path, *manifest.prompts_files):
+        for path in (manifest.path, *manifest.prompts_files, *manifest.input_files):
             data = Path(path).read_bytes()
             h.update(f"{len(data)}\0".encode())
             h.update(data)
