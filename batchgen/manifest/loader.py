@@ -7,12 +7,11 @@ and raises :class:`ManifestError` with *every* problem at once. A loaded
 and :meth:`Manifest.iter_jobs` yields the jobs lazily in a deterministic order, each
 body guaranteed valid against its model's schema.
 
-Validation stays fast for millions of jobs while staying exact and generic (a new
-model is a new schema file, no code): every distinct value that comes straight from
-the manifest or a prompts file is checked once; strings produced by templates are
-checked from their possible lengths when length is the field's only constraint,
-and rendered and checked one by one otherwise; a model whose schema is not a plain
-object of independent fields has every distinct body validated in full.
+Validation is exact and generic (a new model is a new schema file, no code); how
+expanded values are checked is described in :mod:`batchgen.manifest.expansion_checks`.
+A group whose ``matrix`` has a ``model`` list compiles to one group per model
+(:mod:`batchgen.manifest.model_matrix`); local input images are checked by
+:mod:`batchgen.manifest.inputs`.
 """
 
 from __future__ import annotations
