@@ -22,13 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from batchgen.manifest.catalogue import FieldProblem
 from batchgen.manifest.extension import ImageInputSpec
 from batchgen.manifest.types import FILE_PREFIX, HASH_MARK
 
 __all__ = [
     "FILE_PREFIX",
     "InputChecker",
-    "InputProblem",
     "materialize_body",
     "sniff_format",
 ]
@@ -62,15 +62,6 @@ def sniff_format(head: bytes) -> str | None:
 
 
 @dataclass(frozen=True)
-class InputProblem:
-    """Why one ``file:`` reference cannot be used."""
-
-    message: str
-    expected: str = ""
-    hint: str = ""
-
-
-@dataclass(frozen=True)
 class _Checked:
     path: Path
     size: int
@@ -83,12 +74,12 @@ class InputChecker:
 
     def __init__(self, base_dir: Path) -> None:
         self.base_dir = base_dir
-        self._seen: dict[Path, _Checked | InputProblem] = {}
+        self._seen: dict[Path, _Checked | FieldProblem] = {}
         self.files: dict[Path, None] = {}  # every file checked, in order
 
     def check_value(
         self, model: str, spec: ImageInputSpec, value: Any
-    ) -> tuple[Any, list[InputProblem]]:
+    ) -> tuple[Any, list[FieldProblem]]:
         """``value`` with its references resolved, and the problems of those that fail."""
         if isinstance(value, str):
             resolved, problems = self._check_one(model, spec, value)
@@ -105,12 +96,12 @@ class InputChecker:
 
     def _check_one(
         self, model: str, spec: ImageInputSpec, item: Any
-    ) -> tuple[Any, list[InputProblem]]:
+    ) -> tuple[Any, list[FieldProblem]]:
         if not isinstance(item, str) or not item.startswith(FILE_PREFIX) or HASH_MARK in item:
             return item, []
         if not spec.data_uri:
             return item, [
-                InputProblem(
+                FieldProblem(
                     f"{model} takes only https URLs in '{spec.field}', not local files",
                     hint="upload the file and give its https URL, or use a model that "
                     "accepts base64 images (batchgen models lists them)",
@@ -125,22 +116,22 @@ class InputChecker:
         if checked is None:
             checked = self._read(raw, path)
             self._seen[path] = checked
-        if isinstance(checked, InputProblem):
+        if isinstance(checked, FieldProblem):
             return item, [checked]
         self.files[path] = None
         problems = []
         if spec.formats is not None and checked.fmt not in spec.formats:
             problems.append(
-                InputProblem(
+                FieldProblem(
                     f"{raw} is {checked.fmt or 'not an image format batchgen knows'}",
                     expected=f"{' or '.join(spec.formats)} for {model} '{spec.field}'",
                 )
             )
         elif checked.fmt is None:
-            problems.append(InputProblem(f"{raw} is not a PNG, JPEG, WEBP, GIF, BMP or TIFF"))
+            problems.append(FieldProblem(f"{raw} is not a PNG, JPEG, WEBP, GIF, BMP or TIFF"))
         if spec.max_bytes is not None and checked.size > spec.max_bytes:
             problems.append(
-                InputProblem(
+                FieldProblem(
                     f"{raw} is {checked.size:,} bytes",
                     expected=f"at most {spec.max_bytes:,} bytes for {model} '{spec.field}'",
                 )
@@ -148,17 +139,17 @@ class InputChecker:
         return f"{FILE_PREFIX}{path}{HASH_MARK}{checked.sha256}", problems
 
     @staticmethod
-    def _read(raw: str, path: Path) -> _Checked | InputProblem:
+    def _read(raw: str, path: Path) -> _Checked | FieldProblem:
         try:
             data = path.read_bytes()
         except FileNotFoundError:
-            return InputProblem(
+            return FieldProblem(
                 f"input image {raw} not found", hint="paths are relative to the manifest"
             )
         except IsADirectoryError:
-            return InputProblem(f"input image {raw} is a directory")
+            return FieldProblem(f"input image {raw} is a directory")
         except OSError as exc:
-            return InputProblem(f"cannot read input image {raw}: {exc.strerror or exc}")
+            return FieldProblem(f"cannot read input image {raw}: {exc.strerror or exc}")
         return _Checked(path, len(data), sniff_format(data[:16]), hashlib.sha256(data).hexdigest())
 
 
