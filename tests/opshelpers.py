@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from batchgen.api.client import ModellixClient
-from batchgen.manifest.loader import Job, Limits, job_id_for
+from batchgen.manifest.types import Job, Limits, job_id_for
 from batchgen.run.runner import RunOptions, RunSummary, run_jobs
 from batchgen.simulator.app import Simulator
 from batchgen.store.outputs import OutputDir

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 
 from batchgen.api.client import ModellixClient
-from batchgen.manifest.loader import Job, Limits, job_id_for
+from batchgen.manifest.types import Job, Limits, job_id_for
 from batchgen.run.runner import RunOptions, RunSummary, run_jobs
 from batchgen.simulator.app import Simulator, SimulatorConfig
 from batchgen.store.outputs import OutputDir, check_image

@@ -24,7 +24,8 @@ from typing import Any
 import pytest
 
 from batchgen.cli import main
-from batchgen.manifest.loader import Limits, load_manifest
+from batchgen.manifest.loader import load_manifest
+from batchgen.manifest.types import Limits
 from batchgen.run.session import RunRequest, run_session
 from batchgen.simulator.app import Simulator, serve_in_thread
 from batchgen.store.outputs import ImageFile, OutputDir

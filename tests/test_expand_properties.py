@@ -11,7 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from batchgen.manifest.expand import Rule, count_combos, iter_combos
-from batchgen.manifest.loader import job_id_for, load_manifest
+from batchgen.manifest.loader import load_manifest
+from batchgen.manifest.types import job_id_for
 
 SIZES = ["1024x1024", "1536x1024", "1024x1536"]
 QUALITIES = ["low", "medium", "high"]

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from batchgen.cli import main
-from batchgen.manifest.loader import Limits
 from batchgen.manifest.shard import filter_shard, parse_shard
+from batchgen.manifest.types import Limits
 from batchgen.reports.export import ExportStats, export_columns, export_rows, write_csv, write_jsonl
 from batchgen.simulator.app import Simulator
 from batchgen.store.state import StateStore, acquire_run_lock

@@ -24,7 +24,7 @@ import httpx
 import pytest
 
 from batchgen.api.client import ModellixClient
-from batchgen.manifest.loader import Limits
+from batchgen.manifest.types import Limits
 from batchgen.simulator.png import png_bytes
 from batchgen.store.state import StateStore
 from tests.runhelpers import check_run_dir, fast_options, make_jobs, run_in_dir

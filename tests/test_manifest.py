@@ -12,15 +12,9 @@ import yaml
 from jsonschema import Draft202012Validator
 
 from batchgen.manifest import catalogue as schemas
-from batchgen.manifest.loader import (
-    Limits,
-    ManifestError,
-    canonical_json,
-    job_id_for,
-    load_manifest,
-    parse_duration,
-    parse_rate,
-)
+from batchgen.manifest.loader import ManifestError, load_manifest
+from batchgen.manifest.types import Limits, canonical_json, job_id_for
+from batchgen.manifest.units import parse_duration, parse_rate
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "manifests"
@@ -154,7 +148,9 @@ def test_schema_loader_finds_schemas_inside_an_installed_package(
     schemas._load_model.cache_clear()
     try:
         assert schemas.schemas_dir() == package / "schemas"
-        assert schemas.available_models() == ["acme/painter-2", "openai/gpt-image-1.5"]
+        models = schemas.available_models()
+        assert "acme/painter-2" in models
+        assert "openai/gpt-image-1.5" in models
         assert schemas.load_model("acme/painter-2").name == "acme/painter-2"
         assert schemas.manifest_schema()["title"] == "batchgen manifest"
     finally:

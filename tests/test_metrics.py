@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from batchgen.manifest.loader import Limits
+from batchgen.manifest.types import Limits
 from batchgen.reports.metrics import TEXTFILE_ENV, render_metrics, write_metrics
 from batchgen.reports.status import status_report
 from batchgen.simulator.app import Simulator

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from batchgen.manifest.loader import Limits
+from batchgen.manifest.types import Limits
 from batchgen.simulator.app import Simulator
 from batchgen.store.state import StateStore
 from tests.runhelpers import (

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from batchgen.cli import main
-from batchgen.manifest.loader import Job, Limits
+from batchgen.manifest.types import Job, Limits
 from batchgen.reports.export import export_rows
 from batchgen.reports.status import status_report
 from batchgen.run.retry import RetryError, reset_for_retry

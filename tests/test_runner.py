@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from batchgen.api.client import ModellixClient
-from batchgen.manifest.loader import Limits
+from batchgen.manifest.types import Limits
 from batchgen.simulator.app import Simulator, serve_in_thread
 from batchgen.store.state import StateStore
 from tests.runhelpers import (

@@ -25,7 +25,7 @@ import httpx
 import pytest
 
 from batchgen.api.client import ModellixClient
-from batchgen.manifest.loader import Job, Limits, job_id_for
+from batchgen.manifest.types import Job, Limits, job_id_for
 from batchgen.reports.status import status_report
 from batchgen.run.runner import RunOptions, RunSummary, run_jobs
 from batchgen.store.outputs import OutputDir

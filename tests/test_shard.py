@@ -9,7 +9,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from batchgen.cli import main
-from batchgen.manifest.loader import job_id_for
 from batchgen.manifest.shard import (
     Shard,
     ShardError,
@@ -18,6 +17,7 @@ from batchgen.manifest.shard import (
     parse_shard,
     shard_run_dir,
 )
+from batchgen.manifest.types import job_id_for
 from batchgen.store.state import StateStore
 
 job_ids = st.builds(

@@ -9,7 +9,13 @@ import pytest
 from simhelpers import AUTH, SUBMIT, FakeClock, check_png, client_for, make_sim
 
 from batchgen.simulator import app as simulator_module
-from batchgen.simulator.app import Latency, Simulator, SimulatorConfig, serve_in_thread
+from batchgen.simulator.app import (
+    MAX_BODY_BYTES,
+    Latency,
+    Simulator,
+    SimulatorConfig,
+    serve_in_thread,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -127,7 +133,7 @@ def test_serve_in_thread_stops_listening_when_the_block_ends() -> None:
 async def test_an_oversized_body_is_refused_without_being_accepted() -> None:
     sim = make_sim()
     async with client_for(sim) as client:
-        answer = await client.post(SUBMIT, content=b"x" * (2 << 20), headers=AUTH)
+        answer = await client.post(SUBMIT, content=b"x" * (MAX_BODY_BYTES + 1), headers=AUTH)
     assert answer.status_code == 413
     assert answer.json()["code"] == 413
     assert sim.stats()["submissions"]["accepted"] == 0

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from batchgen.cli import main
-from batchgen.manifest.loader import Limits
+from batchgen.manifest.types import Limits
 from batchgen.reports.status import (
     failure_reason,
     format_status,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from batchgen.manifest.loader import Limits
+from batchgen.manifest.types import Limits
 from batchgen.run.pacing import AimdLimit, RateLimiter
 from batchgen.simulator.app import Simulator
 from tests.runhelpers import check_run_dir, in_process_client, make_jobs, run_in_dir, sim_config

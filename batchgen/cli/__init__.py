@@ -24,6 +24,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "retry",
     "export",
     "simulate",
+    "models",
 )
 
 EXIT_OK = 0
@@ -56,6 +57,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if handler is None:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
+    schema_dirs = getattr(args, "schemas", None)
+    if schema_dirs:
+        from batchgen.manifest.catalogue import set_schema_dirs  # noqa: PLC0415 - only when asked
+
+        set_schema_dirs(schema_dirs)
     try:
         code: int = handler(args)
         sys.stdout.flush()

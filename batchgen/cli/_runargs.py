@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from batchgen.cli import EXIT_INTERRUPTED, EXIT_TEMPFAIL
-from batchgen.manifest.loader import parse_duration, parse_rate
+from batchgen.manifest.units import parse_duration, parse_rate
 from batchgen.store.state import RunLocked
 
 if TYPE_CHECKING:

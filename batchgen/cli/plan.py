@@ -9,7 +9,7 @@ import sys
 from typing import Any
 
 from batchgen.cli import EXIT_OK, EXIT_USAGE
-from batchgen.cli.validate import add_max_jobs, positive_int
+from batchgen.cli.validate import add_max_jobs, add_schemas, positive_int
 from batchgen.manifest.diagnostics import Diagnostic, ManifestError
 from batchgen.manifest.loader import load_manifest
 from batchgen.manifest.plan import build_plan, format_plan
@@ -28,6 +28,7 @@ def add_parser(subparsers: Any) -> None:
         "--samples", type=positive_int, default=3, metavar="N", help="sample bodies to show"
     )
     add_max_jobs(parser)
+    add_schemas(parser)
     parser.set_defaults(handler=handle)
 
 

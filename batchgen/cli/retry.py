@@ -14,6 +14,7 @@ from batchgen.cli._runargs import (
     run_and_report,
     run_request,
 )
+from batchgen.cli.validate import add_schemas
 from batchgen.reports.status import clean_text
 from batchgen.run.progress import setup_logging
 from batchgen.run.retry import RetryError, reset_for_retry
@@ -51,6 +52,7 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--base-url", metavar="URL", help="API base URL (default: as stored)")
     add_limit_arguments(parser, max_runtime_help="stop submitting after T (exit 75)")
     add_log_format_argument(parser)
+    add_schemas(parser)
     parser.set_defaults(handler=handle)
 
 

@@ -16,6 +16,7 @@ from batchgen.cli._runargs import (
     run_and_report,
     run_request,
 )
+from batchgen.cli.validate import add_schemas
 from batchgen.manifest.diagnostics import ManifestError
 from batchgen.manifest.shard import Shard, ShardError, parse_shard
 from batchgen.run.progress import setup_logging
@@ -73,6 +74,7 @@ def add_parser(subparsers: Any) -> None:
         "directory (suffix -shard-i-of-N); `batchgen export` merges the shards",
     )
     add_log_format_argument(parser)
+    add_schemas(parser)
     parser.set_defaults(handler=handle)
 
 

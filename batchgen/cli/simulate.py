@@ -112,6 +112,13 @@ def add_parser(subparsers: Any) -> None:
     limits = parser.add_argument_group("account limits")
     limits.add_argument("--balance", type=int, help="answer 402 after this many accepted tasks")
     limits.add_argument(
+        "--account-balance",
+        type=float,
+        default=SimulatorConfig().account_balance,
+        metavar="USD",
+        help="what GET /api/v1/team/balance reports; list prices are taken from it",
+    )
+    limits.add_argument(
         "--max-concurrent-tasks", type=int, help="429 while this many tasks are running"
     )
     limits.add_argument("--rate-limit", type=float, help="token bucket, requests per real second")
@@ -176,6 +183,7 @@ def config_from_args(args: argparse.Namespace) -> SimulatorConfig:
         status_names=args.status_names,
         failed_error_field=args.failed_error_field,
         balance=args.balance,
+        account_balance=args.account_balance,
         max_concurrent_tasks=args.max_concurrent_tasks,
         rate_limit=args.rate_limit,
         rate_burst=args.rate_burst,

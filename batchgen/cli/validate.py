@@ -34,6 +34,17 @@ def add_max_jobs(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_schemas(parser: argparse.ArgumentParser) -> None:
+    """``--schemas DIR`` (repeatable): model schema folders searched before the shipped ones."""
+    parser.add_argument(
+        "--schemas",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="a folder of <provider>/<model>.json schemas, searched first (also BATCHGEN_SCHEMAS)",
+    )
+
+
 def add_parser(subparsers: Any) -> None:
     """Register `validate`."""
     parser = subparsers.add_parser(
@@ -44,6 +55,7 @@ def add_parser(subparsers: Any) -> None:
     )
     parser.add_argument("manifests", nargs="+", metavar="MANIFEST")
     parser.add_argument("--json", action="store_true", help="print one JSON document")
+    add_schemas(parser)
     add_max_jobs(parser)
     parser.set_defaults(handler=handle)
 

@@ -1,23 +1,26 @@
 """The JSON Schemas: model request bodies and the manifest itself.
 
-Model body schemas live at ``schemas/models/<provider>/<model>.json`` (JSON Schema
-2020-12). Adding a model is adding one file: its name is its path, its submit path
-comes from ``"x-batchgen": {"submit_path": ...}`` (default
-``/api/v1/{provider}/{model}/async``) and its defaults from each property's
-``default``. In an installed wheel the schemas live inside the package
-(``batchgen/schemas/``); in a source checkout at ``<repo>/schemas/``.
+Model body schemas live at ``<dir>/<provider>/<model>.json`` (JSON Schema 2020-12).
+Adding a model is adding one file: its name is its path; its ``x-batchgen`` block
+(checked against ``x-batchgen.schema.json`` when the file loads) gives its task
+type, submit paths, outputs, image inputs and list price; its defaults come from
+each property's ``default``. Folders are searched in this order, the first holding
+a model winning: those given to :func:`set_schema_dirs` (``--schemas DIR``), those
+in ``BATCHGEN_SCHEMAS`` (colon-separated), then the shipped ``models/`` folder (in
+an installed wheel ``batchgen/schemas/``, in a source checkout ``<repo>/schemas/``).
 
 Besides full validation (:meth:`ModelSchema.validate`), a model offers a fast,
-exact per-field check (:meth:`ModelSchema.check_field`) used to validate millions
-of expanded bodies: when the schema is *simple* (an object of independent
-properties, no combinators, conditionals or references), a body is valid exactly
-when its key set is valid and every field is valid on its own.
+exact per-field check (:meth:`ModelSchema.check_field`): when the schema is
+*simple* (an object of independent properties, no combinators, conditionals or
+references), a body is valid exactly when its key set is valid and every field is
+valid on its own.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import os
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -28,6 +31,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError, ValidationError
 
 from batchgen.manifest.diagnostics import did_you_mean, one_of, quoted, short
+from batchgen.manifest.extension import Extension, parse_extension
 
 __all__ = [
     "FieldProblem",
@@ -36,11 +40,18 @@ __all__ = [
     "UnknownModelError",
     "available_models",
     "load_model",
+    "load_models_in",
     "manifest_schema",
+    "model_dirs",
+    "models_listing",
+    "render_submit_path",
     "schemas_dir",
+    "set_schema_dirs",
 ]
 
 _DEFAULT_SUBMIT_PATH = "/api/v1/{provider}/{model}/async"
+SCHEMAS_ENV = "BATCHGEN_SCHEMAS"
+_user_dirs: tuple[Path, ...] = ()
 # Keywords that only annotate: they never make a value invalid.
 _ANNOTATIONS = frozenset(
     {"title", "description", "default", "examples", "$comment", "deprecated", "readOnly",
@@ -59,8 +70,7 @@ class UnknownModelError(LookupError):
         self.model = model
         self.available = available
         self.hint = did_you_mean(model, available)
-        listing = ", ".join(available) if available else "none installed"
-        text = f"unknown model '{model}'; available models: {listing}"
+        text = f"unknown model '{model}'; available models: {models_listing(available)}"
         if self.hint:
             text += f"; {self.hint}"
         super().__init__(text)
@@ -68,6 +78,15 @@ class UnknownModelError(LookupError):
 
 class SchemaFileError(RuntimeError):
     """A schema file shipped with batchgen (or added by the user) is unreadable or invalid."""
+
+
+def models_listing(available: list[str]) -> str:
+    """The available models for a message: named when few, else counted."""
+    if not available:
+        return "none installed"
+    if len(available) <= 6:
+        return ", ".join(available)
+    return f"{len(available)} models (`batchgen models` lists them)"
 
 
 def schemas_dir() -> Path:
@@ -83,12 +102,38 @@ def schemas_dir() -> Path:
     return here.parent / "schemas"
 
 
+def set_schema_dirs(dirs: Iterable[Path | str]) -> None:
+    """Search these folders first for model schemas (``--schemas DIR``); replaces earlier ones."""
+    global _user_dirs  # noqa: PLW0603 - one process-wide search path, set by the CLI
+    _user_dirs = tuple(Path(d).expanduser() for d in dirs)
+
+
+def model_dirs() -> list[Path]:
+    """The folders searched for ``<provider>/<model>.json``, first match wins.
+
+    A given folder that holds a ``models/`` subfolder is searched there instead.
+    """
+    env = [Path(p).expanduser() for p in os.environ.get(SCHEMAS_ENV, "").split(os.pathsep) if p]
+    found = []
+    for folder in (*_user_dirs, *env):
+        found.append(folder / "models" if (folder / "models").is_dir() else folder)
+    found.append(schemas_dir() / "models")
+    return found
+
+
+def _model_files(dirs: tuple[Path, ...]) -> dict[str, Path]:
+    files: dict[str, Path] = {}
+    for root in dirs:
+        if not root.is_dir():
+            continue
+        for path in sorted(root.glob("*/*.json")):
+            files.setdefault(path.relative_to(root).with_suffix("").as_posix(), path)
+    return files
+
+
 def available_models() -> list[str]:
     """Every model with a body schema, as ``provider/model`` names, sorted."""
-    root = schemas_dir() / "models"
-    if not root.is_dir():
-        return []
-    return sorted(p.relative_to(root).with_suffix("").as_posix() for p in root.glob("*/*.json"))
+    return sorted(_model_files(tuple(model_dirs())))
 
 
 def manifest_schema() -> dict[str, Any]:
@@ -97,46 +142,76 @@ def manifest_schema() -> dict[str, Any]:
 
 
 def load_model(model: str) -> ModelSchema:
-    """Load the body schema of ``model`` (``provider/model``); cached.
+    """Load the body schema of ``model`` (``provider/model``); cached per search path.
 
     Raises :class:`UnknownModelError` (with a did-you-mean) when no schema exists,
-    :class:`SchemaFileError` when the schema file itself is broken.
+    :class:`SchemaFileError` (naming the file) when the schema file itself is broken.
     """
-    return _load_model(model)
+    return _load_model(model, tuple(model_dirs()))
 
 
-@functools.lru_cache(maxsize=64)
-def _load_model(model: str) -> ModelSchema:
-    available = available_models()
-    if model not in available:
-        raise UnknownModelError(model, available)
-    schema = _read_json(schemas_dir() / "models" / f"{model}.json")
+def load_models_in(dirs: Iterable[Path]) -> list[ModelSchema]:
+    """Every model schema found in ``dirs`` (first match wins), sorted by name."""
+    key = tuple(dirs)
+    return [_load_model(name, key) for name in sorted(_model_files(key))]
+
+
+def render_submit_path(template: str, model: str, task_type: str) -> str:
+    """Fill ``{type}``, ``{provider}`` and ``{model}`` into a submit-path template."""
+    provider, _, name = model.partition("/")
+    return (
+        template.replace("{type}", task_type)
+        .replace("{provider}", provider)
+        .replace("{model}", name)
+    )
+
+
+@functools.lru_cache(maxsize=256)
+def _load_model(model: str, dirs: tuple[Path, ...]) -> ModelSchema:
+    files = _model_files(dirs)
+    if model not in files:
+        raise UnknownModelError(model, sorted(files))
+    path = files[model]
+    schema = _read_json(path)
     try:
         Draft202012Validator.check_schema(schema)
     except SchemaError as exc:
-        message = f"schema of model '{model}' is not valid JSON Schema: {exc.message}"
+        message = f"schema {path} of model '{model}' is not valid JSON Schema: {exc.message}"
         raise SchemaFileError(message) from None
-    provider, _, name = model.partition("/")
-    extra = schema.get("x-batchgen", {})
-    submit_path = _DEFAULT_SUBMIT_PATH.format(provider=provider, model=name)
-    if isinstance(extra, dict) and isinstance(extra.get("submit_path"), str):
-        submit_path = extra["submit_path"]
+    raw_extension = schema.get("x-batchgen", {})
+    if isinstance(raw_extension, dict) and set(raw_extension) <= {"submit_path"}:
+        # A body schema alone (or the one-key block of batchgen 0.1) is enough.
+        path_template = raw_extension.get("submit_path", _DEFAULT_SUBMIT_PATH)
+        raw_extension = {"task_type": "text-to-image", "submit_paths": [path_template],
+                         "outputs": None, "image_inputs": {}, "price": None}  # fmt: skip
+    try:
+        extension = parse_extension(raw_extension, schemas_dir() / "x-batchgen.schema.json")
+    except ValueError as exc:
+        raise SchemaFileError(f"schema {path} of model '{model}': {exc}") from None
+    submit_path = render_submit_path(extension.submit_paths[0], model, extension.task_type)
     properties = schema.get("properties", {})
     defaults = {
         key: sub["default"]
         for key, sub in properties.items()
         if isinstance(sub, dict) and "default" in sub
     }
-    return ModelSchema(name=model, schema=schema, submit_path=submit_path, defaults=defaults)
+    return ModelSchema(
+        name=model,
+        schema=schema,
+        submit_path=submit_path,
+        defaults=defaults,
+        extension=extension,
+        file=path,
+    )
 
 
 def _read_json(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise SchemaFileError(f"cannot read schema {path.name}: {exc}") from exc
+        raise SchemaFileError(f"cannot read schema {path}: {exc}") from exc
     if not isinstance(data, dict):
-        raise SchemaFileError(f"schema {path.name} is not a JSON object")
+        raise SchemaFileError(f"schema {path} is not a JSON object")
     return data
 
 
@@ -158,8 +233,10 @@ class ModelSchema:
 
     name: str
     schema: dict[str, Any]
-    submit_path: str
+    submit_path: str  # the preferred submit path, filled in
     defaults: dict[str, Any]
+    extension: Extension
+    file: Path
     _cache: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property

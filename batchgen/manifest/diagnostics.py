@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -55,11 +56,35 @@ def did_you_mean(word: Any, candidates: Iterable[Any]) -> str:
     stripped = word.strip()
     if stripped != word and stripped in options:
         return f"did you mean '{stripped}' (without the surrounding spaces)?"
+    nearest = _nearest_numbers(word, options)
+    if nearest is not None:
+        return f"did you mean '{nearest}'?"
     matches = difflib.get_close_matches(word, options, n=1, cutoff=0.6)
     if not matches:
         matches = difflib.get_close_matches(word.lower(), list(lowered), n=1, cutoff=0.6)
         matches = [lowered[m] for m in matches]
     return f"did you mean '{matches[0]}'?" if matches else ""
+
+
+_NUMBER = re.compile(r"\d+")
+
+
+def _nearest_numbers(word: str, options: list[str]) -> str | None:
+    """For values like ``1000x1000`` or ``16:10``: the option of the same shape whose
+    numbers are closest (within 25% each), e.g. ``1024x1024``; None otherwise."""
+    numbers = [int(n) for n in _NUMBER.findall(word)]
+    if not numbers:
+        return None
+    shape = _NUMBER.sub("#", word)
+    best: tuple[float, str] | None = None
+    for option in options:
+        if _NUMBER.sub("#", option) != shape:
+            continue
+        theirs = [int(n) for n in _NUMBER.findall(option)]
+        gaps = [abs(a - b) / max(a, b, 1) for a, b in zip(numbers, theirs, strict=True)]
+        if max(gaps) <= 0.25 and (best is None or sum(gaps) < best[0]):
+            best = (sum(gaps), option)
+    return best[1] if best is not None else None
 
 
 def one_of(options: Iterable[Any]) -> str:

@@ -8,8 +8,9 @@ from collections import Counter
 from dataclasses import asdict
 from typing import Any
 
+from batchgen.manifest.compiled import Manifest
 from batchgen.manifest.diagnostics import short
-from batchgen.manifest.loader import Manifest
+from batchgen.manifest.modelspec import ModelSpec, expected_images, model_spec
 
 __all__ = ["build_plan", "format_plan"]
 
@@ -25,12 +26,16 @@ def _value_key(value: Any) -> str:
 def build_plan(manifest: Manifest, *, today: datetime.date, samples: int = 3) -> dict[str, Any]:
     """Expand every job once and summarise it as a JSON-ready dict.
 
-    Keys: ``manifest``, ``name``, ``total_jobs``, ``by_group``, ``by_model``,
+    Keys: ``manifest``, ``name``, ``total_jobs``, ``expected_images`` (images the jobs
+    should return: each body's outputs field or its model's default), ``by_group``,
+    ``by_model`` (per model: ``jobs`` and ``expected_images``),
     ``by_field`` (per body field: ``values`` counts, or ``distinct`` when there are
     many), ``duplicates`` (identical bodies that would run more than once without
     ``repeat``), ``run_dir``, ``limits``, ``samples`` and ``warnings``.
     """
     by_model: Counter[str] = Counter()
+    images: Counter[str] = Counter()
+    specs: dict[str, ModelSpec] = {}
     fields: dict[str, Counter[str]] = {}
     overflow: set[str] = set()
     seen: dict[str, str] = {}  # body id (repeat 0) -> group
@@ -43,6 +48,10 @@ def build_plan(manifest: Manifest, *, today: datetime.date, samples: int = 3) ->
     for job in manifest.iter_jobs():
         total += 1
         by_model[job.model] += 1
+        spec = specs.get(job.model)
+        if spec is None:
+            spec = specs[job.model] = model_spec(job.model)
+        images[job.model] += expected_images(spec, job.body)
         for name, value in job.body.items():
             counter = fields.setdefault(name, Counter())
             if name in overflow:
@@ -85,8 +94,12 @@ def build_plan(manifest: Manifest, *, today: datetime.date, samples: int = 3) ->
         "manifest": str(manifest.path),
         "name": manifest.name,
         "total_jobs": total,
+        "expected_images": sum(images.values()),
         "by_group": manifest.group_counts(),
-        "by_model": dict(by_model),
+        "by_model": {
+            model: {"jobs": count, "expected_images": images[model]}
+            for model, count in by_model.items()
+        },
         "by_field": by_field,
         "duplicates": {
             "bodies": duplicate_jobs,
@@ -105,6 +118,7 @@ def format_plan(plan: dict[str, Any]) -> str:
     lines = [
         f"manifest: {plan['manifest']} (name {plan['name']})",
         f"jobs:     {plan['total_jobs']:,}",
+        f"images:   {plan['expected_images']:,} expected",
         f"run dir:  {plan['run_dir']}",
     ]
     limits = plan["limits"]
@@ -112,8 +126,11 @@ def format_plan(plan: dict[str, Any]) -> str:
     lines.append("")
     lines.append("by group:")
     lines += [f"  {group:<12} {count:>10,}" for group, count in plan["by_group"].items()]
-    lines.append("by model:")
-    lines += [f"  {model:<24} {count:>10,}" for model, count in plan["by_model"].items()]
+    lines.append("by model:                              jobs     images")
+    lines += [
+        f"  {model:<32} {info['jobs']:>10,} {info['expected_images']:>10,}"
+        for model, info in plan["by_model"].items()
+    ]
     lines.append("by body field:")
     for name, info in plan["by_field"].items():
         if "values" in info:

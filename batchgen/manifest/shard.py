@@ -1,6 +1,6 @@
 """Deterministic slices of a manifest's jobs: ``batchgen run MANIFEST --shard i/N``.
 
-Job IDs are hex hashes (:func:`batchgen.manifest.loader.job_id_for`), so ``int(job_id, 16) % N``
+Job IDs are hex hashes (:func:`batchgen.manifest.types.job_id_for`), so ``int(job_id, 16) % N``
 spreads jobs evenly and the same job always lands in the same shard, on every host
 and in every run.  Shard ``i`` (1-based) takes the jobs with ``int(job_id, 16) % N ==
 i - 1``; the N shards together take every job exactly once.  Each shard runs in its own

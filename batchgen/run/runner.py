@@ -58,6 +58,7 @@ from batchgen.api.client import (
     Resource,
     ResultExpired,
 )
+from batchgen.manifest.inputs import materialize_body
 from batchgen.reports.reasons import failure_reason
 from batchgen.run.durable import ImageCommitter
 from batchgen.run.pacing import AimdLimit, DownloadLane, RateLimiter, backoff_delay
@@ -75,7 +76,7 @@ _TERMINAL_BAD = ("failed", "rejected", "expired")
 
 
 class LimitsLike(Protocol):
-    """The run limits (``batchgen.manifest.loader.Limits`` fits)."""
+    """The run limits (``batchgen.manifest.types.Limits`` fits)."""
 
     @property
     def concurrency(self) -> int: ...
@@ -436,7 +437,9 @@ class Runner:
             self.summary.submitted += 1
             sent_at = time.monotonic()
             try:
-                submitted = await self.client.submit(self._submit_path(job.model), job.body)
+                submitted = await self.client.submit(
+                    self._submit_path(job.model), materialize_body(job.body)
+                )
             except RateLimited as exc:
                 self._on_throttled(job_id, exc, sent_at)
                 return False

@@ -23,8 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from batchgen.api.client import ConfigError, ModellixClient, api_key_from_env, resolve_base_url
-from batchgen.manifest.loader import Limits, Manifest, load_manifest
+from batchgen.manifest.compiled import Manifest
+from batchgen.manifest.loader import load_manifest
 from batchgen.manifest.shard import Shard, filter_shard, shard_run_dir
+from batchgen.manifest.types import Limits
 from batchgen.run.progress import Progress
 from batchgen.run.runner import RunOptions, RunSummary, run_jobs
 from batchgen.store.outputs import OutputDir
@@ -264,7 +266,7 @@ def manifest_fingerprint(manifest: Manifest, *, max_jobs: int, shard: Shard | No
     when a file cannot be read again."""
     h = hashlib.sha256(b"batchgen-manifest-fingerprint-1\0")
     try:
-        for path in (manifest.path, *manifest.prompts_files):
+        for path in (manifest.path, *manifest.prompts_files, *manifest.input_files):
             data = Path(path).read_bytes()
             h.update(f"{len(data)}\0".encode())
             h.update(data)

@@ -14,8 +14,13 @@ Use it in process::
 or on a loopback port with :func:`serve_in_thread` (tests, benchmarks) or
 ``batchgen simulate --port N``.
 
-Task progress is computed from timestamps when a task is polled: no timer or
-background task exists per job, so 10^5 tasks cost only their records.
+Every model of the catalogue (:mod:`batchgen.manifest.catalogue`) is served at the
+three submit-path shapes the provider has used, returns as many result resources
+as the body's outputs field asks for (the model's default when absent), and
+costs its list price (when known) from the account balance that
+``GET /api/v1/team/balance`` reports. ``GET /api/v1/apikey/validate`` checks the
+key. Task progress is computed from timestamps when a task is polled: no timer or
+background task exists per task.
 """
 
 from __future__ import annotations
@@ -25,7 +30,6 @@ import contextlib
 import hashlib
 import heapq
 import hmac
-import importlib
 import json
 import math
 import random
@@ -43,6 +47,8 @@ import httpx
 from jsonschema import Draft202012Validator
 
 from batchgen.api.client import is_loopback_host
+from batchgen.manifest.catalogue import ModelSchema, load_models_in, model_dirs
+from batchgen.manifest.modelspec import ModelSpec, expected_images, list_price, spec_of
 from batchgen.simulator.png import MAX_SIDE, png_bytes
 from batchgen.simulator.settings import FAULT_ROUTES, Latency, SimulatorConfig, StatusNames
 
@@ -66,8 +72,15 @@ Headers = list[tuple[bytes, bytes]]
 TASKS_PREFIX = "/api/v1/tasks/"
 FILES_PREFIX = "/files/"
 STATS_PATH = "/_sim/stats"
-MAX_BODY_BYTES = 1 << 20
-DEFAULT_SUBMIT_PATH = "/api/v1/{provider}/{model}/async"
+MAX_BODY_BYTES = 32 << 20  # input images travel as base64 data URIs
+VALIDATE_PATH = "/api/v1/apikey/validate"
+BALANCE_PATH = "/api/v1/team/balance"
+SUBMIT_SHAPES = (
+    "/api/v1/{type}/{provider}/{model}/async",
+    "/api/v1/{provider}/{model}/async",
+    "/api/v1/{provider}/{model}",
+)
+_FILE_RE = re.compile(r"^([0-9]{1,3})\.png$")
 _SIZE_RE = re.compile(r"^\s*(\d{1,5})\s*[xX*]\s*(\d{1,5})\s*$")
 _JSON_HEADERS: Headers = [(b"content-type", b"application/json")]
 _REASONS = {
@@ -109,55 +122,40 @@ class _Model:
     name: str
     provider: str
     model_id: str
-    submit_path: str
+    submit_path: str  # the preferred one
     validator: Draft202012Validator
     default_size: str | None
+    spec: ModelSpec
 
 
-def _schema_root() -> Path:
-    package = Path(__file__).resolve().parent.parent  # the batchgen package
-    for candidate in (package / "schemas", package.parent / "schemas"):
-        if (candidate / "models").is_dir():
-            return candidate
-    raise FileNotFoundError("no schemas/models folder next to the batchgen package")
-
-
-def _model_schemas(schema_dir: Path | None) -> list[tuple[str, dict[str, Any]]]:
-    """``(name, schema)`` of every model with a body schema."""
-    if schema_dir is None:
-        try:
-            schemas = importlib.import_module("batchgen.manifest.catalogue")
-        except ModuleNotFoundError as exc:
-            if exc.name != "batchgen.manifest.catalogue":
-                raise
-        else:
-            names: list[str] = schemas.available_models()
-            return [(name, dict(schemas.load_model(name).schema)) for name in names]
-        schema_dir = _schema_root()
-    found: list[tuple[str, dict[str, Any]]] = []
-    for path in sorted((schema_dir / "models").glob("*/*.json")):
-        found.append((f"{path.parent.name}/{path.stem}", json.loads(path.read_text("utf-8"))))
-    return found
+def _model_schemas(schema_dir: Path | None) -> list[ModelSchema]:
+    """Every model with a body schema: the catalogue's, or those under ``schema_dir``."""
+    dirs = model_dirs() if schema_dir is None else [schema_dir / "models"]
+    return load_models_in(dirs)
 
 
 def _load_models(schema_dir: Path | None) -> dict[str, _Model]:
-    """The simulated models, keyed by submit path."""
+    """The simulated models, keyed by every submit path they answer at."""
     by_path: dict[str, _Model] = {}
-    for name, schema in _model_schemas(schema_dir):
-        provider, _, model_id = name.partition("/")
-        extra = schema.get("x-batchgen") or {}
-        submit_path = extra.get("submit_path") or DEFAULT_SUBMIT_PATH.format(
-            provider=provider, model=model_id
-        )
-        size = schema.get("properties", {}).get("size", {}).get("default")
-        by_path[submit_path] = _Model(
-            name=name,
-            provider=provider,
-            model_id=model_id,
-            submit_path=submit_path,
-            validator=Draft202012Validator(schema),
+    for schema in _model_schemas(schema_dir):
+        spec = spec_of(schema)
+        size = schema.properties.get("size", {}).get("default")
+        model = _Model(
+            name=schema.name,
+            provider=spec.provider,
+            model_id=schema.name.partition("/")[2],
+            submit_path=schema.submit_path,
+            validator=Draft202012Validator(schema.schema),
             default_size=size if isinstance(size, str) else None,
+            spec=spec,
         )
+        shapes = [*spec.submit_paths]
+        for shape in SUBMIT_SHAPES:
+            shapes.append(
+                shape.format(type=spec.task_type, provider=spec.provider, model=model.model_id)
+            )
+        for path in shapes:
+            by_path.setdefault(path, model)
     return by_path
 
 
@@ -194,6 +192,7 @@ class _Task:
         "final",
         "height",
         "ident",
+        "images",
         "model",
         "polls",
         "processing_at",
@@ -215,6 +214,7 @@ class _Task:
         expired_early: bool,
         size: tuple[int, int],
         alpha: bool,
+        images: int = 1,
     ) -> None:
         self.task_id = task_id
         self.model = model
@@ -226,6 +226,7 @@ class _Task:
         self.expired_early = expired_early
         self.width, self.height = size
         self.alpha = alpha
+        self.images = images
         self.polls = 0
         self.downloads = 0
         self.final: tuple[str, bytes] | None = None
@@ -292,13 +293,20 @@ class Simulator:
         self._codes: Counter[int] = Counter()
         self._faults: Counter[str] = Counter()
         self._peak = 0
+        self._balance_usd = self.config.account_balance
 
     # ------------------------------------------------------------------ public
 
     @property
     def models(self) -> list[str]:
         """Names of the simulated models, e.g. ``["openai/gpt-image-1.5"]``."""
-        return sorted(model.name for model in self._models.values())
+        return sorted({model.name for model in self._models.values()})
+
+    @property
+    def account_balance(self) -> float:
+        """What ``GET /api/v1/team/balance`` answers now (USD)."""
+        with self._lock:
+            return round(self._balance_usd, 6)
 
     def submit_path(self, model: str) -> str:
         """The submit path of ``model`` (``KeyError`` if it has no schema)."""
@@ -381,7 +389,9 @@ class Simulator:
             body = json.dumps(self.stats(), indent=1).encode()
             await self._respond(send, _Answer(200, body, []), count=False)
             return
-        if path.startswith(TASKS_PREFIX):
+        if path in (VALIDATE_PATH, BALANCE_PATH):
+            route = "account"
+        elif path.startswith(TASKS_PREFIX):
             route = "poll"
         elif path in self._models:
             route = "submit"
@@ -482,9 +492,19 @@ class Simulator:
                 self._faults["rate_limit"] += 1
                 detail = f"request rate limit of {config.rate_limit:g}/s exceeded"
                 return self._retry_answer(429, detail, wait)
+        if route == "account":
+            return self._account(path)
         if route == "submit":
             return self._submit(scope, self._models[path], parsed, now)
         return self._poll(scope, path[len(TASKS_PREFIX) :], now)
+
+    def _account(self, path: str) -> _Answer:
+        """The key check and the balance (the caller already checked the key)."""
+        if path == VALIDATE_PATH:
+            data: dict[str, Any] = {"is_valid": True}
+        else:
+            data = {"balance": round(self._balance_usd, 4)}
+        return _Answer(200, _dumps({"code": 0, "message": "success", "data": data}), [])
 
     def _authorize(self, scope: Scope) -> _Answer | None:
         if self._auth_value is None:
@@ -560,7 +580,11 @@ class Simulator:
             expired_early=expired_early,
             size=_image_size(model, body),
             alpha=body.get("background") == "transparent",
+            images=expected_images(model.spec, body),
         )
+        price = list_price(model.spec, body)
+        if price is not None:
+            self._balance_usd -= price
         self._tasks[task_id] = task
         self._accepted_bodies[_canonical_key(model.name, body)] += 1
         heapq.heappush(self._ends, task.ends_at)
@@ -612,15 +636,19 @@ class Simulator:
             data["result"] = {
                 "resources": [
                     {
-                        "url": f"{base}{FILES_PREFIX}{task.task_id}/0.png",
+                        "url": f"{base}{FILES_PREFIX}{task.task_id}/{i}.png",
                         "type": "image",
                         "width": task.width,
                         "height": task.height,
                         "format": "png",
                         "role": "primary",
                     }
+                    for i in range(task.images)
                 ],
-                "metadata": {"image_count": 1, "request_id": "req-" + task.task_id[5:]},
+                "metadata": {
+                    "image_count": task.images,
+                    "request_id": "req-" + task.task_id[5:],
+                },
                 "extensions": {"submit_time": int(submit_time), "end_time": int(end_time)},
             }
             if config.result_ttl is not None:
@@ -631,7 +659,10 @@ class Simulator:
         task_id, _, name = rest.partition("/")
         task = self._tasks.get(task_id)
         now = self._clock()
-        if task is None or name != "0.png" or task.fails or now < task.ends_at:
+        match = _FILE_RE.match(name)
+        if task is None or not match or int(match[1]) >= task.images:
+            return _Answer(404, _error_body(404, f"no file {rest!r}"), [])
+        if task.fails or now < task.ends_at:
             return _Answer(404, _error_body(404, f"no file {rest!r}"), [])
         ttl = self.config.result_ttl
         if task.expired_early or (
@@ -640,7 +671,12 @@ class Simulator:
             self._faults["expired_url"] += 1
             status = self.config.expired_status
             return _Answer(status, _error_body(status, "the result URL has expired"), [])
-        data = png_bytes(task.width, task.height, alpha=task.alpha, text=task.task_id)
+        data = png_bytes(
+            task.width,
+            task.height,
+            alpha=task.alpha,
+            text=task.task_id if name == "0.png" else f"{task.task_id}/{name}",
+        )
         task.downloads += 1
         self._downloads += 1
         self._download_bytes += len(data)

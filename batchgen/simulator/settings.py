@@ -169,6 +169,9 @@ class SimulatorConfig:
     # --- account limits ---
     balance: int | None = None
     """Submissions answer 402 once this many tasks were accepted (``None``: unlimited)."""
+    account_balance: float = 12.3456
+    """What ``GET /api/v1/team/balance`` reports (USD) before any task; each accepted task
+    whose model has a known list price lowers it by that price (it never refuses a task)."""
     max_concurrent_tasks: int | None = None
     """Submissions answer 429 while this many tasks are submitted and not ended."""
     rate_limit: float | None = None

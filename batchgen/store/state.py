@@ -211,7 +211,7 @@ class RunLocked(StateError):
 
 
 class JobLike(Protocol):
-    """What :meth:`StateStore.add_jobs` needs from a job (``batchgen.manifest.loader.Job`` fits)."""
+    """What :meth:`StateStore.add_jobs` needs from a job (``batchgen.manifest.types.Job`` fits)."""
 
     @property
     def job_id(self) -> str: ...
