@@ -26,7 +26,7 @@ from batchgen.manifest.types import Limits
 from batchgen.manifest.units import parse_duration, parse_rate
 from batchgen.manifest.yaml_reader import Locations, PathT, path_text
 
-_LIMIT_KEYS = (
+LIMIT_KEYS = (
     "concurrency",
     "rate",
     "retries",
@@ -177,8 +177,8 @@ def parse_limits(ctx: Ctx, raw: Any) -> Limits:
     values: dict[str, Any] = {}
     for key, value in raw.items():
         kpath = (*path, key)
-        if key not in _LIMIT_KEYS:
-            unknown_key(ctx, kpath, key, _LIMIT_KEYS, "limits")
+        if key not in LIMIT_KEYS:
+            unknown_key(ctx, kpath, key, LIMIT_KEYS, "limits")
         elif key in ("concurrency", "retries", "submits_in_flight"):
             number = int_field(ctx, kpath, value, 0 if key == "retries" else 1, key)
             if number is not None:

@@ -22,6 +22,7 @@ from typing import Any
 
 from batchgen.manifest.catalogue import available_models, load_model, models_listing, type_name
 from batchgen.manifest.checks import (
+    LIMIT_KEYS,
     Ctx,
     as_template,
     check_output,
@@ -61,7 +62,15 @@ __all__ = [
 ]
 
 DEFAULT_MAX_JOBS = 1_000_000
-_TOP_KEYS = ("version", "name", "model", "output", "limits", "defaults", "jobs")
+TOP_KEYS = ("version", "name", "model", "output", "limits", "defaults", "jobs")
+
+
+def manifest_keys() -> dict[str, tuple[str, ...]]:
+    """The keys the loader accepts: at the top level, under ``limits`` and in a job group
+    (besides the model's body fields). ``schemas/manifest.schema.json`` must list the same."""
+    return {"top": TOP_KEYS, "limits": LIMIT_KEYS, "group": GROUP_KEYS}
+
+
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -121,8 +130,8 @@ class _Loader(GroupSources, ExpansionChecks):
     def load(self) -> Manifest:
         ctx, data = self.ctx, self.data
         for key in data:
-            if key not in _TOP_KEYS and not key.startswith("x-"):
-                unknown_key(ctx, (key,), key, _TOP_KEYS, "the manifest")
+            if key not in TOP_KEYS and not key.startswith("x-"):
+                unknown_key(ctx, (key,), key, TOP_KEYS, "the manifest")
         version = data.get("version")
         if "version" not in data:
             ctx.error((), "missing 'version'", expected="version: 1 at the top")
