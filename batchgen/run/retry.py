@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from batchgen.errors import BatchgenError, ExitCode
 from batchgen.manifest.catalogue import UnknownModelError, load_model
 from batchgen.store.state import StateStore, acquire_run_lock, state_path
 
@@ -59,8 +60,10 @@ __all__ = [
 RETRYABLE_STATES: tuple[str, ...] = ("failed", "rejected", "expired")
 
 
-class RetryError(Exception):
-    """``retry`` cannot go ahead (bad ``--set``, unknown job ID, no state file)."""
+class RetryError(BatchgenError):
+    """``retry`` cannot go ahead (bad ``--set``, unknown job ID, no state file): exit 2."""
+
+    exit_code = ExitCode.USAGE
 
 
 @dataclass

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Literal
 
+from batchgen.errors import BatchgenError
 from batchgen.store.state import DONE, JobRecord, ResultInfo, StateStore
 
 __all__ = [
@@ -53,7 +54,7 @@ METADATA_NAME = "metadata.jsonl"
 IMAGES_DIR = "images"
 
 
-class ImageCheckError(Exception):
+class ImageCheckError(BatchgenError):
     """A downloaded file is not a complete image of an allowed format."""
 
 

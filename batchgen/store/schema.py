@@ -199,7 +199,7 @@ def check_version(conn: sqlite3.Connection, path: Path) -> None:
     """Raise :class:`StateError` unless ``conn`` is a state file this batchgen can read."""
     try:
         row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-    except sqlite3.OperationalError as exc:
+    except sqlite3.DatabaseError as exc:
         raise StateError(f"{path} is not a batchgen state file: {exc}") from exc
     if row is None:
         raise StateError(f"{path} is not a batchgen state file (no schema version)")
