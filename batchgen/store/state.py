@@ -172,8 +172,8 @@ class StateStore(JobTransitions):
         commits.
 
         A checkpoint fsyncs (WAL, then database file); SQLite's automatic one runs inside the
-        commit that crosses 1,000 WAL pages, on the caller's thread (the run's event loop),
-        and held such a commit for up to 250 ms.  Here the writer's automatic checkpoint is
+        commit that crosses 1,000 WAL pages, on the caller's thread (the run's event loop).
+        Here the writer's automatic checkpoint is
         raised to ``backstop_pages`` (a bound on WAL growth should the worker fall behind)
         and a thread with its own connection runs ``PRAGMA wal_checkpoint(PASSIVE)`` every
         ``interval`` seconds: it never blocks the writer, and once it has copied every frame
