@@ -11,7 +11,6 @@ A job a previous run left in ``downloading`` is polled again for its result URL,
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 
 from batchgen.api.client import ApiError, NotFound
@@ -20,8 +19,6 @@ from batchgen.run.downloading import Downloads
 from batchgen.store.records import JobRecord
 
 __all__ = ["Follows"]
-
-logger = logging.getLogger("batchgen.run")
 
 
 class Follows(Downloads):
@@ -101,8 +98,7 @@ class Follows(Downloads):
                         f"timed out: task {task_id} still {raw!r} after "
                         f"{self.limits.timeout:g}s (limits.timeout)"
                     )
-                    self._fail(job_id, "running", reason)
-                    logger.warning("job %s: %s", job_id, reason)
+                    self._give_up(job_id, "running", reason)
                     return
         finally:
             if slot:
@@ -152,8 +148,7 @@ class Follows(Downloads):
                     f"timed out: the result of task {task_id} could not be fetched again within "
                     f"{self.limits.timeout:g}s (limits.timeout): {problem}"
                 )
-                self._fail(job_id, "downloading", reason)
-                logger.warning("job %s: %s", job_id, reason)
+                self._give_up(job_id, "downloading", reason)
                 return
             delay = self._backoff(tries, self.opts.max_poll_interval, retry_after)
             await asyncio.sleep(min(delay, max(deadline - time.time(), 0.0) + 0.01))

@@ -38,7 +38,9 @@ from typing import TYPE_CHECKING, Any
 
 from batchgen.errors import BatchgenError, ExitCode
 from batchgen.manifest.catalogue import UnknownModelError, load_model
-from batchgen.store.state import StateStore, acquire_run_lock, state_path
+from batchgen.store.lock import acquire_run_lock
+from batchgen.store.schema import state_path
+from batchgen.store.state import StateStore
 
 if TYPE_CHECKING:
     # Imported by retry_run when it runs: resetting jobs needs no HTTP stack.

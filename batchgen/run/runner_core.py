@@ -122,6 +122,11 @@ class RunnerCore:
         key = failure_reason("failed", reason)
         self.summary.failed_by_reason[key] = self.summary.failed_by_reason.get(key, 0) + 1
 
+    def _give_up(self, job_id: str, from_state: str, reason: str) -> None:
+        """:meth:`_fail` with a warning in the log (a deadline passed)."""
+        self._fail(job_id, from_state, reason)
+        logger.warning("job %s: %s", job_id, reason)
+
     def _schedule_retry(self, job_id: str, delay: float) -> None:
         self._jobs.schedule(job_id, delay)
         self._wake()

@@ -35,8 +35,11 @@ from batchgen.manifest.loader import Limits, Manifest, load_manifest
 from batchgen.manifest.shard import Shard, filter_shard, shard_run_dir
 from batchgen.run.progress import Progress
 from batchgen.run.runner import RunOptions, RunSummary, run_jobs
+from batchgen.store.errors import StateError
+from batchgen.store.lock import acquire_run_lock
 from batchgen.store.outputs import OutputDir
-from batchgen.store.state import DB_NAME, StateError, StateStore, acquire_run_lock
+from batchgen.store.schema import DB_NAME
+from batchgen.store.state import StateStore
 
 __all__ = [
     "FINGERPRINT_KEY",

@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import IO, Any, Literal
 
 from batchgen.errors import BatchgenError
-from batchgen.store.state import DONE, JobRecord, ResultInfo, StateStore
+from batchgen.store.records import DONE, JobRecord, ResultInfo
+from batchgen.store.state import StateStore
 
 __all__ = [
     "EXTENSIONS",
