@@ -43,7 +43,7 @@ def test_morning_after_status_names_why_retry_finishes_export_has_one_row_per_im
         ("failed", "task failed: task failed without a message")
     ]
     # status names why, then the user retries the failed jobs (the manifest never existed)
-    assert main(["status", str(run)]) == 0
+    assert main(["status", str(run)]) == 1  # some jobs failed
     out = capsys.readouterr().out
     assert f"{failed} failed   task failed: task failed without a message" in out
     assert f"batchgen retry {run} --failed" in out

@@ -90,17 +90,17 @@ def test_status_text_is_plain_and_suggests_the_retry(night: Path) -> None:
 def test_status_cli_json_accepts_the_run_dir_or_its_state_file(
     night: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["status", str(night), "--json"]) == 0
+    assert main(["status", str(night), "--json"]) == 1  # a job was rejected
     data = json.loads(capsys.readouterr().out)
     assert data["counts"]["rejected"] == 1
     assert data["total"] == 61
     assert data["lock"] == {"held": False, "pid": None, "method": data["lock"]["method"]}
-    assert main(["status", str(night / "state.db"), "--failed", "--json"]) == 0
+    assert main(["status", str(night / "state.db"), "--failed", "--json"]) == 1
     failed = json.loads(capsys.readouterr().out)
     assert sum(g["count"] for g in failed["failures"]) == sum(
         len(g["examples"]) for g in failed["failures"]
     )
-    assert main(["status", str(night)]) == 0
+    assert main(["status", str(night)]) == 1
     out = capsys.readouterr().out
     assert not CONTROL.search(out)
     assert "jobs: 61 total" in out

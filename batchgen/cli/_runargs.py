@@ -6,24 +6,21 @@ from __future__ import annotations
 import argparse
 import json
 import signal
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from batchgen.cli import EXIT_INTERRUPTED, EXIT_TEMPFAIL
 from batchgen.manifest.units import parse_duration, parse_rate
-from batchgen.store.state import RunLocked
 
 if TYPE_CHECKING:
     # The session (runner, HTTP client) is imported when a run starts, not when the
     # parser is built: `batchgen validate`/`plan`/`status` do not pay for the HTTP stack.
-    from batchgen.run.runner import RunSummary
     from batchgen.run.session import RunRequest
+    from batchgen.run.summary import RunSummary
 
 
-def _whole_number(text: str, *, minimum: int, underscores: bool) -> int:
+def _whole_number(text: str, *, minimum: int, separators: bool) -> int:
     try:
-        value = int(text.replace("_", "") if underscores else text)
+        value = int(text.replace("_", "").replace(",", "") if separators else text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
     if value < minimum:
@@ -33,13 +30,13 @@ def _whole_number(text: str, *, minimum: int, underscores: bool) -> int:
 
 
 def positive_int(text: str) -> int:
-    """Argument type: a whole number >= 1 (``1_000`` allowed)."""
-    return _whole_number(text, minimum=1, underscores=True)
+    """Argument type: a whole number >= 1; digit groups may be separated (``1,000``, ``1_000``)."""
+    return _whole_number(text, minimum=1, separators=True)
 
 
 def count(text: str) -> int:
     """Argument type: a whole number >= 0."""
-    return _whole_number(text, minimum=0, underscores=False)
+    return _whole_number(text, minimum=0, separators=False)
 
 
 def rate(text: str) -> float:
@@ -132,21 +129,11 @@ def print_summary(summary: RunSummary, fmt: str) -> None:
         print(summary.format())
 
 
-def run_and_report(req: RunRequest, *, command: str, log_format: str) -> int:
-    """Run ``req``, print its summary (errors on stderr, prefixed ``batchgen COMMAND:``) and
-    return the exit code."""
+def run_and_report(req: RunRequest, *, log_format: str) -> int:
+    """Run ``req``, print its summary and return the exit code.  Errors that stop the run
+    before it starts (``BatchgenError``) propagate to :func:`batchgen.cli.main`."""
     from batchgen.run.event_loop import run  # noqa: PLC0415 - only when a run starts
-    from batchgen.run.session import SessionError  # noqa: PLC0415
 
-    try:
-        summary = run(run_until_signal(req))
-    except RunLocked as exc:
-        print(f"batchgen {command}: {exc}", file=sys.stderr)
-        return EXIT_TEMPFAIL
-    except SessionError as exc:
-        print(f"batchgen {command}: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        return EXIT_INTERRUPTED
+    summary = run(run_until_signal(req))
     print_summary(summary, log_format)
     return summary.exit_code

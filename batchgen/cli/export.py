@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import IO, Any
 
-from batchgen.cli import EXIT_OK, EXIT_TEMPFAIL, EXIT_USAGE
+from batchgen.errors import ExitCode
 from batchgen.reports.export import (
     ExportStats,
     export_columns,
@@ -17,7 +17,6 @@ from batchgen.reports.export import (
     write_csv,
     write_jsonl,
 )
-from batchgen.store.state import RunLocked, StateError
 
 
 def add_parser(subparsers: Any) -> None:
@@ -55,13 +54,9 @@ def add_parser(subparsers: Any) -> None:
 
 def _rebuild(runs: list[Path]) -> int:
     for run in runs:
-        try:
-            n = rebuild_run_metadata(run)
-        except RunLocked as exc:
-            print(f"batchgen export: {exc}", file=sys.stderr)
-            return EXIT_TEMPFAIL
+        n = rebuild_run_metadata(run)
         print(f"{run}: metadata.jsonl rebuilt with {n} lines", file=sys.stderr)
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def _write(args: argparse.Namespace, runs: list[Path], out: IO[str], rel: Path) -> ExportStats:
@@ -77,21 +72,17 @@ def _write(args: argparse.Namespace, runs: list[Path], out: IO[str], rel: Path) 
 def handle(args: argparse.Namespace) -> int:
     """Export the table (or rebuild metadata.jsonl)."""
     runs = [Path(r) for r in args.runs]
-    try:
-        if args.rebuild_metadata:
-            return _rebuild(runs)
-        if args.output:
-            output = Path(args.output)
-            rel = Path(args.relative_to) if args.relative_to else output.absolute().parent
-            with write_atomic(output) as f:
-                stats = _write(args, runs, f, rel)
-        else:
-            rel = Path(args.relative_to) if args.relative_to else Path.cwd()
-            stats = _write(args, runs, sys.stdout, rel)
-            sys.stdout.flush()
-    except StateError as exc:
-        print(f"batchgen export: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+    if args.rebuild_metadata:
+        return _rebuild(runs)
+    if args.output:
+        output = Path(args.output)
+        rel = Path(args.relative_to) if args.relative_to else output.absolute().parent
+        with write_atomic(output) as f:
+            stats = _write(args, runs, f, rel)
+    else:
+        rel = Path(args.relative_to) if args.relative_to else Path.cwd()
+        stats = _write(args, runs, sys.stdout, rel)
+        sys.stdout.flush()
     if stats.duplicates:
         print(
             f"batchgen export: {stats.duplicates} job(s) found in more than one run directory "
@@ -100,4 +91,4 @@ def handle(args: argparse.Namespace) -> int:
         )
     if args.output:
         print(f"wrote {stats.rows} rows to {args.output}", file=sys.stderr)
-    return EXIT_OK
+    return ExitCode.OK

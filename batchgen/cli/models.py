@@ -7,8 +7,8 @@ import json
 import sys
 from typing import Any
 
-from batchgen.cli import EXIT_OK, EXIT_USAGE
 from batchgen.cli.validate import add_schemas
+from batchgen.errors import ExitCode
 from batchgen.manifest.catalogue import SchemaFileError, UnknownModelError
 from batchgen.manifest.modelspec import all_specs, describe, describe_fields, model_spec
 
@@ -63,18 +63,18 @@ def handle(args: argparse.Namespace) -> int:
                 print(
                     "batchgen models show: give a model, e.g. openai/gpt-image-1.5", file=sys.stderr
                 )
-                return EXIT_USAGE
+                return ExitCode.USAGE
             return _show(args.model, as_json=args.json)
         if args.model:
             print("batchgen models: did you mean `models show ID`?", file=sys.stderr)
-            return EXIT_USAGE
+            return ExitCode.USAGE
         infos = [describe(spec) for spec in all_specs()]
     except (UnknownModelError, SchemaFileError) as exc:
         print(f"batchgen models: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return ExitCode.USAGE
     if args.json:
         print(json.dumps({"models": infos}, indent=2, ensure_ascii=False))
-        return EXIT_OK
+        return ExitCode.OK
     rows = [("model", "type", "outputs", "image inputs", "list price")]
     rows += [
         (i["id"], i["task_type"], _outputs(i), _inputs(i), _money(i["price_per_image_usd"]))
@@ -85,7 +85,7 @@ def handle(args: argparse.Namespace) -> int:
         print(
             "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)) + "  " + row[4]
         )
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def _show(model: str, *, as_json: bool) -> int:
@@ -94,7 +94,7 @@ def _show(model: str, *, as_json: bool) -> int:
     fields = describe_fields(spec)
     if as_json:
         print(json.dumps({**info, "fields": fields}, indent=2, ensure_ascii=False))
-        return EXIT_OK
+        return ExitCode.OK
     print(f"{info['id']} ({info['task_type']})")
     print(f"  submit paths: {', '.join(info['submit_paths'])}")
     print(f"  outputs:      {_outputs(info)}")
@@ -122,4 +122,4 @@ def _show(model: str, *, as_json: bool) -> int:
         print(f"  {field['name']} ({field['type']}): {'; '.join(flags) or '-'}")
         if field["description"]:
             print(f"      {field['description']}")
-    return EXIT_OK
+    return ExitCode.OK

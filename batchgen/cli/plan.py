@@ -8,8 +8,9 @@ import json
 import sys
 from typing import Any
 
-from batchgen.cli import EXIT_OK, EXIT_USAGE
-from batchgen.cli.validate import add_max_jobs, add_schemas, positive_int
+from batchgen.cli._runargs import positive_int
+from batchgen.cli.validate import add_max_jobs, add_schemas
+from batchgen.errors import ExitCode
 from batchgen.manifest.diagnostics import Diagnostic, ManifestError
 from batchgen.manifest.loader import load_manifest
 from batchgen.manifest.plan import build_plan, format_plan
@@ -48,11 +49,11 @@ def handle(args: argparse.Namespace) -> int:
             print(json.dumps(plan, indent=2, ensure_ascii=False))
         else:
             print(format_plan(plan))
-        return EXIT_OK
+        return ExitCode.OK
     if args.json:
         doc = {"valid": False, "errors": [d.to_dict() for d in diagnostics]}
         print(json.dumps(doc, indent=2, ensure_ascii=False))
     else:
         for diagnostic in diagnostics:
             print(diagnostic.format(), file=sys.stderr)
-    return EXIT_USAGE
+    return ExitCode.USAGE

@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from batchgen.cli import EXIT_OK, EXIT_STOPPED, EXIT_TEMPFAIL, EXIT_USAGE
 from batchgen.cli._runargs import (
     add_limit_arguments,
     add_log_format_argument,
@@ -15,10 +14,10 @@ from batchgen.cli._runargs import (
     run_request,
 )
 from batchgen.cli.validate import add_schemas
+from batchgen.errors import ExitCode
 from batchgen.reports.status import clean_text
 from batchgen.run.progress import setup_logging
-from batchgen.run.retry import RetryError, reset_for_retry
-from batchgen.store.state import RunLocked, StateError
+from batchgen.run.retry import reset_for_retry
 
 
 def add_parser(subparsers: Any) -> None:
@@ -62,17 +61,7 @@ def handle(args: argparse.Namespace) -> int:
     states = [s for s in ("failed", "rejected", "expired") if getattr(args, s)]
     if not states and not args.job:
         states = ["failed", "expired"]
-    try:
-        plan = reset_for_retry(Path(args.run), states=states, job_ids=args.job, sets=args.set)
-    except RunLocked as exc:
-        print(f"batchgen retry: {exc}", file=sys.stderr)
-        return EXIT_TEMPFAIL
-    except RetryError as exc:
-        print(f"batchgen retry: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except StateError as exc:  # damaged or newer state file: as `batchgen run`, exit 3
-        print(f"batchgen retry: {exc}", file=sys.stderr)
-        return EXIT_STOPPED
+    plan = reset_for_retry(Path(args.run), states=states, job_ids=args.job, sets=args.set)
     for job_id, state in plan.skipped:
         print(f"batchgen retry: job {job_id} is {state}, not retried", file=sys.stderr)
     for job_id, reason in plan.refused:
@@ -83,10 +72,10 @@ def handle(args: argparse.Namespace) -> int:
         )
     if not plan.reset:
         if plan.refused:
-            return EXIT_USAGE
+            return ExitCode.USAGE
         print("nothing to retry", file=sys.stderr)
-        return EXIT_OK
+        return ExitCode.OK
     edited = f" ({len(plan.edited)} with an edited body)" if plan.edited else ""
     print(f"retrying {len(plan.reset)} job(s){edited}", file=sys.stderr)
     req = run_request(args, Path(args.run))
-    return run_and_report(req, command="retry", log_format=args.log_format)
+    return run_and_report(req, log_format=args.log_format)

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from pathlib import Path
 from typing import Any
 
-from batchgen.cli import EXIT_STOPPED, EXIT_USAGE
 from batchgen.cli._runargs import (
     add_limit_arguments,
     add_log_format_argument,
@@ -17,10 +15,9 @@ from batchgen.cli._runargs import (
     run_request,
 )
 from batchgen.cli.validate import add_schemas
-from batchgen.manifest.diagnostics import ManifestError
+from batchgen.manifest.loader import DEFAULT_MAX_JOBS
 from batchgen.manifest.shard import Shard, ShardError, parse_shard
 from batchgen.run.progress import setup_logging
-from batchgen.store.state import StateError
 
 logger = logging.getLogger("batchgen.run")
 
@@ -62,9 +59,9 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument(
         "--max-jobs",
         type=positive_int,
-        default=1_000_000,
+        default=DEFAULT_MAX_JOBS,
         metavar="N",
-        help="refuse manifests that expand to more than N jobs (default 1,000,000)",
+        help=f"refuse manifests that expand to more than N jobs (default {DEFAULT_MAX_JOBS:,})",
     )
     parser.add_argument(
         "--shard",
@@ -88,12 +85,4 @@ def handle(args: argparse.Namespace) -> int:
         max_jobs=args.max_jobs,
         shard=args.shard,
     )
-    try:
-        return run_and_report(req, command="run", log_format=args.log_format)
-    except ManifestError as exc:
-        for diagnostic in exc.diagnostics:
-            print(diagnostic.format(), file=sys.stderr)
-        return EXIT_USAGE
-    except StateError as exc:  # e.g. the disk filled up while writing the state file
-        print(f"batchgen run: {exc}", file=sys.stderr)
-        return EXIT_STOPPED
+    return run_and_report(req, log_format=args.log_format)

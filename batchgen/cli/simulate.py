@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
-from batchgen.cli import EXIT_OK, EXIT_STOPPED, EXIT_USAGE
+from batchgen.errors import ExitCode
 from batchgen.simulator.settings import (
     FAULT_ROUTES,
     FaultRoute,
@@ -215,14 +215,14 @@ def handle(args: argparse.Namespace) -> int:
         config = config_from_args(args)
     except ValueError as exc:
         print(f"batchgen simulate: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return ExitCode.USAGE
     if not args.allow_remote and not is_loopback_host(args.host):
         print(
             f"batchgen simulate: error: refusing to serve on {args.host!r}, which is not a "
             "loopback address (add --allow-remote to mean it)",
             file=sys.stderr,
         )
-        return EXIT_USAGE
+        return ExitCode.USAGE
     sim = Simulator(config)
     key_note = (
         "no key needed"
@@ -245,5 +245,5 @@ def handle(args: argparse.Namespace) -> int:
             f"batchgen simulate: error: cannot listen on {args.host}:{args.port}: {exc}",
             file=sys.stderr,
         )
-        return EXIT_STOPPED
-    return EXIT_OK
+        return ExitCode.STOPPED
+    return ExitCode.OK

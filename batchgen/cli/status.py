@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
-from batchgen.cli import EXIT_OK, EXIT_USAGE
 from batchgen.reports.status import format_status, status_report
-from batchgen.store.state import StateError
 
 
 def add_parser(subparsers: Any) -> None:
@@ -21,7 +18,10 @@ def add_parser(subparsers: Any) -> None:
         description="Counts per state, failures grouped by reason with example job IDs and "
         "prompts, attempts, retries, 429s, start/end, images per minute and whether a run holds "
         "the lock now. Reads the state file only (never locks it), so it works while a run is "
-        "writing. Exit 0, or 2 when RUN has no state file.",
+        "writing. Exit codes: 0 every job done; 1 some jobs failed/rejected/expired (even if "
+        "others are still pending); 75 no failure yet but jobs still pending or in flight (look "
+        "again later); 2 RUN has no state file (the nearest run directories are suggested); "
+        "3 the state file is damaged or newer than this batchgen.",
     )
     parser.add_argument("run", metavar="RUN", help="run directory or its state.db")
     parser.add_argument(
@@ -34,12 +34,8 @@ def add_parser(subparsers: Any) -> None:
 
 
 def handle(args: argparse.Namespace) -> int:
-    """Print the status of the run."""
-    try:
-        report = status_report(Path(args.run), examples=1_000_000_000 if args.failed else 3)
-    except StateError as exc:
-        print(f"batchgen status: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+    """Print the status of the run; exit as :attr:`StatusReport.exit_code` says."""
+    report = status_report(Path(args.run), examples=1_000_000_000 if args.failed else 3)
     if args.json:
         data = report.as_dict()
         if args.failed:
@@ -47,4 +43,4 @@ def handle(args: argparse.Namespace) -> int:
         print(json.dumps(data, ensure_ascii=False, sort_keys=True))
     else:
         print(format_status(report, failed_only=args.failed))
-    return EXIT_OK
+    return report.exit_code

@@ -7,20 +7,10 @@ import json
 import sys
 from typing import Any
 
-from batchgen.cli import EXIT_OK, EXIT_USAGE
+from batchgen.cli._runargs import positive_int
+from batchgen.errors import ExitCode
 from batchgen.manifest.diagnostics import Diagnostic, ManifestError
 from batchgen.manifest.loader import DEFAULT_MAX_JOBS, load_manifest
-
-
-def positive_int(text: str) -> int:
-    """argparse type: a whole number >= 1 (underscores allowed: 1_000_000)."""
-    try:
-        value = int(text.replace("_", "").replace(",", ""))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
-    return value
 
 
 def add_max_jobs(parser: argparse.ArgumentParser) -> None:
@@ -100,4 +90,4 @@ def handle(args: argparse.Namespace) -> int:
             print(f"{path}: valid ({count:,} jobs)")
     if args.json:
         print(json.dumps({"valid": ok, "manifests": report}, indent=2, ensure_ascii=False))
-    return EXIT_OK if ok else EXIT_USAGE
+    return ExitCode.OK if ok else ExitCode.USAGE

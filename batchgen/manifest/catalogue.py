@@ -30,6 +30,7 @@ from typing import Any
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError, ValidationError
 
+from batchgen.errors import BatchgenError, ExitCode
 from batchgen.manifest.diagnostics import did_you_mean, one_of, quoted, short
 from batchgen.manifest.extension import Extension, parse_extension
 
@@ -63,8 +64,10 @@ _SIMPLE_ROOT_KEYWORDS = frozenset(
 ) | _ANNOTATIONS  # fmt: skip
 
 
-class UnknownModelError(LookupError):
+class UnknownModelError(BatchgenError, LookupError):
     """No schema file exists for the requested model."""
+
+    exit_code = ExitCode.USAGE
 
     def __init__(self, model: str, available: list[str]) -> None:
         self.model = model
@@ -76,7 +79,7 @@ class UnknownModelError(LookupError):
         super().__init__(text)
 
 
-class SchemaFileError(RuntimeError):
+class SchemaFileError(BatchgenError, RuntimeError):
     """A schema file shipped with batchgen (or added by the user) is unreadable or invalid."""
 
 

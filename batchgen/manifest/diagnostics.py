@@ -15,6 +15,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from batchgen.errors import BatchgenError, ExitCode
+
 ERROR = "error"
 WARNING = "warning"
 
@@ -151,8 +153,10 @@ class Diagnostic:
         }
 
 
-class ManifestError(Exception):
+class ManifestError(BatchgenError):
     """A manifest (or a file it names) is invalid; ``diagnostics`` holds every problem found."""
+
+    exit_code = ExitCode.USAGE
 
     def __init__(self, diagnostics: list[Diagnostic]) -> None:
         self.diagnostics = list(diagnostics)

@@ -15,14 +15,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, TypeVar
 
+from batchgen.errors import BatchgenError, ExitCode
+
 __all__ = ["Shard", "ShardError", "filter_shard", "in_shard", "parse_shard", "shard_run_dir"]
 
 _SHARD_RE = re.compile(r"\s*(\d+)\s*/\s*(\d+)\s*")
 MAX_SHARDS = 1_000_000
 
 
-class ShardError(ValueError):
+class ShardError(BatchgenError, ValueError):
     """A ``--shard`` value that is not ``i/N`` with ``1 <= i <= N``."""
+
+    exit_code = ExitCode.USAGE
 
 
 @dataclass(frozen=True)

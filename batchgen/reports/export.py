@@ -28,8 +28,11 @@ from pathlib import Path
 from typing import IO, Any, Literal
 
 from batchgen.reports.status import open_readonly_db
+from batchgen.store.lock import acquire_run_lock
 from batchgen.store.outputs import metadata_record, open_atomic, rebuild_metadata
-from batchgen.store.state import DONE, JobRecord, StateStore, acquire_run_lock, state_path
+from batchgen.store.records import DONE, JobRecord
+from batchgen.store.schema import state_path
+from batchgen.store.state import StateStore
 
 __all__ = [
     "ExportState",

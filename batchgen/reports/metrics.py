@@ -24,7 +24,8 @@ from pathlib import Path
 
 from batchgen.reports.status import StatusReport, open_readonly_db, status_report
 from batchgen.store.outputs import open_atomic
-from batchgen.store.state import ALL_STATES, StateStore
+from batchgen.store.records import ALL_STATES
+from batchgen.store.state import StateStore
 
 __all__ = [
     "METRICS_NAME",

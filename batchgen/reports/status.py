@@ -35,16 +35,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from batchgen.errors import ExitCode
 from batchgen.reports.reasons import failure_reason
-from batchgen.store.state import (
-    ALL_STATES,
-    LOCK_NAME,
-    SCHEMA_VERSION,
-    StateError,
-    StateVersionError,
-    connect_readonly,
-    state_path,
-)
+from batchgen.store.errors import StateError
+from batchgen.store.lock import LOCK_NAME
+from batchgen.store.records import ALL_STATES
+from batchgen.store.run_dirs import missing_run_error
+from batchgen.store.schema import check_version, connect_readonly, state_path
 
 __all__ = [
     "BAD_STATES",
@@ -212,6 +209,17 @@ class StatusReport:
         """Jobs not yet in a terminal state."""
         return self.total - self.finished
 
+    @property
+    def exit_code(self) -> ExitCode:
+        """How ``batchgen status`` exits: 1 when a job ended failed/rejected/expired (whether or
+        not others are left), else 75 while jobs are left (the run is not finished: look again
+        later), else 0 (every job done)."""
+        if any(self.counts.get(s, 0) for s in BAD_STATES):
+            return ExitCode.JOBS_FAILED
+        if self.left:
+            return ExitCode.TEMPFAIL
+        return ExitCode.OK
+
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form (``batchgen status --json``)."""
         out = asdict(self)
@@ -226,20 +234,17 @@ def open_readonly_db(run: Path) -> sqlite3.Connection:
     Raises :class:`StateError` when there is no usable state file.
     """
     path = state_path(Path(run))
+    if not path.exists():
+        raise missing_run_error(path)
     try:
         conn = connect_readonly(path)
-        row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
     except sqlite3.DatabaseError as exc:
         raise StateError(f"{path} is not a readable batchgen state file: {exc}") from exc
-    if row is None:
+    try:
+        check_version(conn, path)
+    except BaseException:
         conn.close()
-        raise StateError(f"{path} is not a batchgen state file (no schema version)")
-    if int(row[0]) > SCHEMA_VERSION:
-        conn.close()
-        raise StateVersionError(
-            f"state file {path} has schema version {row[0]}, newer than this batchgen "
-            f"understands ({SCHEMA_VERSION}); upgrade batchgen to read it"
-        )
+        raise
     return conn
 
 

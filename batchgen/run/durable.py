@@ -18,7 +18,7 @@ import threading
 from dataclasses import dataclass
 
 from batchgen.store.outputs import ImageFile, OutputDir
-from batchgen.store.state import ResultInfo
+from batchgen.store.records import ResultInfo
 
 __all__ = ["ImageCommitter"]
 

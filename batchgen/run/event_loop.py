@@ -1,9 +1,9 @@
 """The event loop a run uses: uvloop's where it is installed, else asyncio's own.
 
-uvloop (libuv under asyncio's API) runs the loop's own machinery in C: the runner spends about
-10% less CPU per HTTP exchange on it at 100 tasks in flight (benchmarks/README.md).  It is a
-dependency on Linux and macOS; elsewhere, or with ``BATCHGEN_LOOP=asyncio`` in the
-environment, runs use asyncio's loop, and behave the same.
+uvloop (libuv under asyncio's API) runs the loop's own machinery in C, which leaves more CPU
+for the runner (figures in docs/performance.md).  It is a dependency on Linux and macOS;
+elsewhere, or with ``BATCHGEN_LOOP=asyncio`` in the environment, runs use asyncio's loop,
+and behave the same.
 """
 
 from __future__ import annotations

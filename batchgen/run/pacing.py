@@ -127,16 +127,15 @@ class DownloadLane:
     """How many downloads may run at once: as many as keep up, but never a crowd that delays
     the polls and submits.
 
-    Downloads hold no slot, but on one event loop their CPU work (reading the body, the
-    temp file, the state commit) competes with the polls and submits that do: a whole wave
-    of results downloaded at once delays the next submits, which then leave together as the
-    next wave (measured: makespan 1.44 x ideal with every download at once, 1.14 x with four
-    at a time).  The limit is AIMD on the event loop's lateness (how late the runner's poll
-    timers fire, :meth:`note_lateness`): each finished download adds one place while the
-    loop is on time, and the limit halves (down to ``minimum``) while it runs late.  A slow
-    network (downloads waiting on bytes, the loop idle) so gets as many parallel downloads
-    as it needs, up to ``maximum``; a busy loop only a few.  Waiting downloads go first
-    come, first served.
+    Downloads hold no slot, but on one event loop their CPU work (reading the body, the temp
+    file, the state commit) competes with the polls and submits that do: a whole wave of results
+    downloaded at once delays the next submits, which then leave together as the next wave
+    (figures in docs/performance.md). The limit is AIMD on the event loop's lateness (how late
+    the runner's poll timers fire, :meth:`note_lateness`): each finished download adds one place
+    while the loop is on time, and the limit halves (down to ``minimum``) while it runs late. A
+    slow network (downloads waiting on bytes, the loop idle) so gets as many parallel downloads
+    as it needs, up to ``maximum``; a busy loop only a few. Waiting downloads go first come,
+    first served.
     """
 
     def __init__(

@@ -8,9 +8,8 @@ from collections import deque
 __all__ = ["PollSchedule"]
 
 # Quantiles of the learnt duration distribution at which a task is polled, in order.  A task
-# holds its slot until a poll sees it ended, so the rungs trade polls for that wait: for
-# lognormal durations (sigma 0.5) these expect 2.25 polls per task and a wait of 21% of the
-# mean duration; (0.5, 0.8, 0.93, 0.98) expected 1.79 polls and 29% (benchmarks/README.md).
+# holds its slot until a poll sees it ended, so the rungs trade polls for that wait (the
+# figures behind this choice are in docs/performance.md).
 _LADDER = (0.45, 0.65, 0.8, 0.9, 0.96, 0.99)
 # Shortest gap between two polls, as a fraction of the typical duration: a task seen running
 # past every rung of a narrow distribution is due any moment.

@@ -36,8 +36,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from batchgen.errors import BatchgenError, ExitCode
 from batchgen.manifest.catalogue import UnknownModelError, load_model
-from batchgen.store.state import StateStore, acquire_run_lock, state_path
+from batchgen.store.lock import acquire_run_lock
+from batchgen.store.schema import state_path
+from batchgen.store.state import StateStore
 
 if TYPE_CHECKING:
     # Imported by retry_run when it runs: resetting jobs needs no HTTP stack.
@@ -59,8 +62,10 @@ __all__ = [
 RETRYABLE_STATES: tuple[str, ...] = ("failed", "rejected", "expired")
 
 
-class RetryError(Exception):
-    """``retry`` cannot go ahead (bad ``--set``, unknown job ID, no state file)."""
+class RetryError(BatchgenError):
+    """``retry`` cannot go ahead (bad ``--set``, unknown job ID, no state file): exit 2."""
+
+    exit_code = ExitCode.USAGE
 
 
 @dataclass

@@ -22,15 +22,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from batchgen.api.client import ConfigError, ModellixClient, api_key_from_env, resolve_base_url
+from batchgen.api.client import (
+    ENV_API_KEY,
+    ENV_BASE_URL,
+    ConfigError,
+    ModellixClient,
+    api_key_from_env,
+    resolve_base_url,
+)
+from batchgen.errors import BatchgenError, ExitCode
 from batchgen.manifest.compiled import Manifest
 from batchgen.manifest.loader import load_manifest
 from batchgen.manifest.shard import Shard, filter_shard, shard_run_dir
 from batchgen.manifest.types import Limits
 from batchgen.run.progress import Progress
 from batchgen.run.runner import RunOptions, RunSummary, run_jobs
+from batchgen.store.errors import StateError
+from batchgen.store.lock import acquire_run_lock
 from batchgen.store.outputs import OutputDir
-from batchgen.store.state import DB_NAME, StateError, StateStore, acquire_run_lock
+from batchgen.store.schema import DB_NAME
+from batchgen.store.state import StateStore
 
 __all__ = [
     "FINGERPRINT_KEY",
@@ -38,6 +49,7 @@ __all__ = [
     "RunRequest",
     "SessionError",
     "manifest_fingerprint",
+    "pick_base_url",
     "resolve_target",
     "run_session",
 ]
@@ -52,10 +64,10 @@ SIMULATE_TIME_SCALE = 0.1
 FINGERPRINT_KEY = "manifest_fingerprint"
 
 
-class SessionError(Exception):
+class SessionError(BatchgenError):
     """A run cannot start; ``exit_code`` says how the command line should exit."""
 
-    def __init__(self, message: str, exit_code: int) -> None:
+    def __init__(self, message: str, exit_code: ExitCode = ExitCode.STOPPED) -> None:
         super().__init__(message)
         self.exit_code = exit_code
 
@@ -135,24 +147,63 @@ async def run_session(
             run_dir = manifest.run_dir(today)
         run_dir = shard_run_dir(run_dir, req.shard)
     elif req.output is not None:
-        raise SessionError("--output applies to a manifest, not to a run directory", 2)
+        raise SessionError("--output applies to a manifest, not to a run directory", ExitCode.USAGE)
     elif req.shard is not None:
-        raise SessionError("--shard applies to a manifest, not to a run directory", 2)
+        raise SessionError("--shard applies to a manifest, not to a run directory", ExitCode.USAGE)
     assert run_dir is not None
     if manifest is None and not (run_dir / DB_NAME).exists():
-        raise SessionError(f"{req.target} is neither a manifest nor a run directory", 2)
+        raise SessionError(
+            f"{req.target} is neither a manifest nor a run directory", ExitCode.USAGE
+        )
+    if manifest is not None and not req.simulate:
+        # Before the run directory and its state file exist: a new user's first run without
+        # a key leaves nothing behind on disk.
+        _require_api_key(env)
     _refuse_images_without_state(run_dir)
 
     try:
         lock = acquire_run_lock(run_dir)
-    except PermissionError as exc:
-        raise SessionError(f"cannot use run directory {run_dir}: {exc}", 3) from exc
     except OSError as exc:
-        raise SessionError(f"cannot use run directory {run_dir}: {exc}", 3) from exc
+        raise SessionError(f"cannot use run directory {run_dir}: {exc}") from exc
     try:
         return await _locked(req, manifest, run_dir, stop, env)
     finally:
         lock.release()
+
+
+def _require_api_key(env: Mapping[str, str]) -> str:
+    key = api_key_from_env(env)
+    if key is None:
+        raise SessionError(
+            f"{ENV_API_KEY} is not set: export your Modellix API key in it "
+            "(or try the whole pipeline without a key: batchgen run MANIFEST --simulate)"
+        )
+    return key
+
+
+def pick_base_url(flag: str | None, env: Mapping[str, str], stored: Mapping[str, Any]) -> str:
+    """The API base URL of a run: ``--base-url``, else ``MODELLIX_BASE_URL``, else the one
+    stored in the run directory by its last real (not simulated) session, else the default.
+
+    A resume that uses another URL than the stored one says so once in the log.  Raises
+    :class:`SessionError` (exit 3) for a URL :func:`batchgen.api.client.validate_base_url`
+    refuses."""
+    stored_url = None if stored.get("simulate") else stored.get("base_url")
+    chosen = flag or env.get(ENV_BASE_URL, "").strip() or stored_url
+    try:
+        base_url = resolve_base_url(chosen or None, env)
+    except ConfigError as exc:
+        raise SessionError(str(exc)) from exc
+    if isinstance(stored_url, str) and stored_url and stored_url != base_url:
+        source = "--base-url" if flag else ENV_BASE_URL
+        logger.warning(
+            "using base URL %s (from %s), not %s stored in the run directory",
+            base_url,
+            source,
+            stored_url,
+            extra={"data": {"event": "base_url_changed", "base_url": base_url}},
+        )
+    return base_url
 
 
 def _refuse_images_without_state(run_dir: Path) -> None:
@@ -169,8 +220,7 @@ def _refuse_images_without_state(run_dir: Path) -> None:
         raise SessionError(
             f"{run_dir} holds {len(images)} files in images/ but "
             f"{'an empty' if db.exists() else 'no'} state file {DB_NAME}: restore the state "
-            "file from a backup, or run into another directory (--output); nothing was changed",
-            3,
+            "file from a backup, or run into another directory (--output); nothing was changed"
         )
 
 
@@ -184,21 +234,13 @@ async def _locked(
     try:
         store = StateStore.open(run_dir, create=manifest is not None)
     except StateError as exc:
-        raise SessionError(str(exc), 3) from exc
+        raise SessionError(str(exc)) from exc
     try:
         stored = store.settings()
         simulate = req.simulate or (manifest is None and bool(stored.get("simulate")))
         base_limits = manifest.limits if manifest is not None else Limits()
         limits = _limits_from(stored.get("limits") if manifest is None else None, base_limits, req)
-        if simulate:
-            base_url = "http://127.0.0.1"
-        else:
-            try:
-                base_url = resolve_base_url(
-                    req.base_url or (stored.get("base_url") if manifest is None else None), env
-                )
-            except ConfigError as exc:
-                raise SessionError(str(exc), 3) from exc
+        base_url = "http://127.0.0.1" if simulate else pick_base_url(req.base_url, env, stored)
         settings: dict[str, Any] = {
             "limits": dataclasses.asdict(limits),
             "base_url": base_url,
@@ -220,7 +262,7 @@ async def _locked(
         try:
             cleaned = output.prepare(store)
         except OSError as exc:
-            raise SessionError(f"cannot prepare {run_dir}: {exc}", 3) from exc
+            raise SessionError(f"cannot prepare {run_dir}: {exc}") from exc
         if cleaned["temp_files"] or cleaned["stray_images"] or cleaned["rebuilt"]:
             logger.info(
                 "cleaned up after the last run: %d temp files, %d unrecorded images; "
@@ -347,14 +389,8 @@ def _make_client(
             transport=httpx.ASGITransport(app=sim),
             max_connections=connections,
         )
-    key = api_key_from_env(env)
-    if key is None:
-        raise SessionError(
-            "MODELLIX_API_KEY is not set: export your Modellix API key in it "
-            "(or try the whole pipeline without a key: batchgen run MANIFEST --simulate)",
-            3,
-        )
+    key = _require_api_key(env)
     try:
         return ModellixClient(base_url, key, max_connections=connections)
     except ConfigError as exc:
-        raise SessionError(str(exc), 3) from exc
+        raise SessionError(str(exc)) from exc

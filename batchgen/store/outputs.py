@@ -24,7 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Literal
 
-from batchgen.store.state import DONE, JobRecord, ResultInfo, StateStore
+from batchgen.errors import BatchgenError
+from batchgen.store.records import DONE, JobRecord, ResultInfo
+from batchgen.store.state import StateStore
 
 __all__ = [
     "EXTENSIONS",
@@ -53,7 +55,7 @@ METADATA_NAME = "metadata.jsonl"
 IMAGES_DIR = "images"
 
 
-class ImageCheckError(Exception):
+class ImageCheckError(BatchgenError):
     """A downloaded file is not a complete image of an allowed format."""
 
 

@@ -1,0 +1,173 @@
+"""Submitting jobs (:class:`Submits`): at most ``limits.concurrency`` remote tasks in flight
+(AIMD-adjusted), at most ``limits.rate`` submissions per second and at most
+``limits.submits_in_flight`` submit requests awaiting their answer.  ``submitting`` is
+committed before the request is sent and the task_id the moment the answer is read, before
+the task is polled.
+
+Outcomes of a submit:
+
+* 429: the job goes back to the queue without using an attempt and is submitted again
+  once the shared pause ends.  A 429 starts that pause (``Retry-After`` or a backoff) and
+  halves the concurrency limit only when it opens a new throttle window
+  (:class:`batchgen.run.pacing.RateLimiter`); each accepted submit grows the limit back by
+  one (AIMD).
+* 400: the job is ``rejected``; never retried.
+* 401, 402, 404 on submit, bad configuration: no new submission at all; tasks already
+  running are still polled and downloaded; exit code 3.
+* 5xx, timeouts, dropped connections: retried with backoff while attempts remain.  A submit
+  whose outcome is unknown is resubmitted and counted as ambiguous, or failed when
+  ``limits.resubmit_unknown`` is false.
+
+Submits in flight: a task the provider accepted is known to the state file only once its
+submit's answer is recorded, so a SIGKILL can orphan (and the resume pay again for) every
+submit then awaiting its answer; ``limits.submits_in_flight`` (default 1) bounds that to one
+per kill.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from batchgen.api.client import ApiError, RateLimited, Rejected
+from batchgen.errors import ExitCode
+from batchgen.manifest.inputs import materialize_body
+from batchgen.run.following import Follows
+from batchgen.store.records import JobRecord
+
+__all__ = ["Submits"]
+
+logger = logging.getLogger("batchgen.run")
+
+
+class Submits(Follows):
+    """The submit stage of a run."""
+
+    def _pool_full(self) -> bool:
+        """No new submit now: ``concurrency`` tasks in flight, or ``submits_in_flight`` submit
+        requests still awaiting their answer."""
+        return self._in_flight >= self._aimd.limit or self._submits >= self._max_submits
+
+    def _ready_job(self) -> JobRecord | None:
+        """The next job, with its slot and submit turn taken, when one may be submitted right
+        now without waiting for anything (used to hand the submit turn on directly)."""
+        stop = self.opts.stop
+        if (
+            self._stop_submitting is not None
+            or (stop is not None and stop.is_set())
+            or (self._run_deadline is not None and time.monotonic() >= self._run_deadline)
+            or self._pool_full()
+            or self._rate.delay() > 0
+        ):
+            return None
+        nxt = self._jobs.next()
+        if not isinstance(nxt, JobRecord):
+            return None
+        self._take_submit_turn()
+        return nxt
+
+    def _take_submit_turn(self) -> None:
+        """A submit is about to go: a rate token, a slot and a submit in flight."""
+        self._rate.try_acquire()
+        self._in_flight += 1
+        self._submits += 1
+
+    async def _submit_job(self, job: JobRecord) -> None:
+        """Submit ``job`` (its slot and submit turn already taken), hand its task to
+        :meth:`_follow`, then submit the next job at once when one may go now: the submit
+        turn passes on without waking the run loop (two loop passes less per submit, which is
+        what bounds the submission rate with one submit in flight)."""
+        nxt: JobRecord | None = job
+        while nxt is not None:
+            if not await self._submit_one(nxt):
+                return
+            nxt = self._ready_job()
+
+    async def _submit_one(self, job: JobRecord) -> bool:
+        """Submit one job; True when its task was accepted and handed to :meth:`_follow`."""
+        job_id = job.job_id
+        slot = True
+        answering = True  # this submit counts in self._submits until its answer is handled
+        try:
+            attempts = self.store.mark_submitting(job_id)
+            self._jobs.taken(job_id)
+            self._moved("pending", "submitting")
+            self.summary.submitted += 1
+            sent_at = time.monotonic()
+            try:
+                submitted = await self.client.submit(
+                    self._submit_path(job.model), materialize_body(job.body)
+                )
+            except RateLimited as exc:
+                self._on_throttled(job_id, exc, sent_at)
+                return False
+            except ApiError as exc:
+                self._on_submit_error(job_id, attempts, exc)
+                return False
+            self._throttle_streak = 0
+            self._aimd.on_success()
+            # The task_id is committed before anything else happens with the task.
+            self.store.mark_running(job_id, submitted.task_id, submitted.poll_url)
+            self._moved("submitting", "running")
+            answering = False  # the task_id is committed: the next submit may go
+            self._submits -= 1
+            slot = False  # _follow owns the slot now
+            self._spawn(
+                self._follow(job_id, submitted.task_id, submitted.poll_url, time.time(), attempts)
+            )
+            return True
+        finally:
+            if answering:
+                self._submits -= 1
+                self._wake()
+            if slot:
+                self._release_slot()
+
+    def _on_throttled(self, job_id: str, exc: RateLimited, sent_at: float) -> None:
+        """A 429 on submit: one shared pause per throttle window; the job waits its turn again."""
+        self.summary.throttled += 1
+        self._throttles[job_id] += 1
+        self._throttle_streak += 1
+        pause = exc.retry_after
+        if pause is None:
+            pause = min(
+                self.opts.backoff_cap,
+                self.opts.throttle_pause * 2 ** min(self._throttle_streak - 1, 6),
+            )
+        storm = self._throttle_streak >= self.opts.throttle_storm
+        if self._rate.throttled(pause, sent_at=sent_at, storm=storm):
+            self._aimd.on_throttle()  # one multiplicative decrease per window
+        if self._throttles[job_id] >= self.opts.max_throttles:
+            self._fail(job_id, "submitting", f"rate limited {self._throttles[job_id]} times")
+        else:
+            self.store.mark_pending(job_id, f"rate limited: {exc}", refund_attempt=True)
+            self._moved("submitting", "pending")
+            self._schedule_retry(job_id, 0.0)
+
+    def _on_submit_error(self, job_id: str, attempts: int, exc: ApiError) -> None:
+        if exc.stops_run:
+            self.store.mark_pending(job_id, f"not submitted: {exc}", refund_attempt=True)
+            self._moved("submitting", "pending")
+            self._stop(str(exc), ExitCode.STOPPED)
+            return
+        if isinstance(exc, Rejected) and not exc.ambiguous:
+            self.store.mark_rejected(job_id, str(exc))
+            self._moved("submitting", "rejected")
+            logger.warning("job %s rejected: %s", job_id, exc)
+            return
+        if exc.ambiguous:
+            if not self.limits.resubmit_unknown:
+                reason = f"submit outcome unknown (resubmit_unknown is false): {exc}"
+                self._fail(job_id, "submitting", reason)
+                return
+            self.summary.ambiguous_resubmits += 1
+            self._retry_or_fail(
+                job_id, "submitting", attempts, f"submit outcome unknown: {exc}", exc.retry_after
+            )
+            return
+        if exc.retryable:
+            self._retry_or_fail(
+                job_id, "submitting", attempts, f"submit failed: {exc}", exc.retry_after
+            )
+            return
+        self._fail(job_id, "submitting", f"submit failed: {exc}")

@@ -1,0 +1,70 @@
+"""What a run did and how it ended: :class:`RunSummary`, as a dict and as a few lines."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["RunSummary"]
+
+
+@dataclass
+class RunSummary:
+    """What a run did and how it ended."""
+
+    exit_code: int = 0
+    stop_reason: str | None = None
+    done: int = 0
+    failed: int = 0
+    rejected: int = 0
+    expired: int = 0
+    failed_by_reason: dict[str, int] = field(default_factory=dict)
+    submitted: int = 0
+    retries: int = 0
+    ambiguous_resubmits: int = 0
+    throttled: int = 0
+    throttle_pauses: int = 0
+    """Shared pauses started by 429s (one per throttle window, however many 429s it had)."""
+    concurrency_decreases: int = 0
+    concurrency_lowest: int = 0
+    concurrency_limit: int = 0
+    """The concurrency limit (AIMD) when the run ended."""
+    polls: int = 0
+    downloads: int = 0
+    recovered_submitting: int = 0
+    resumed_in_flight: int = 0
+    regenerated: int = 0
+    """Recorded tasks generated (and paid for) again: the provider no longer knew the task
+    (404) or its result URL had expired."""
+    duration: float = 0.0
+    images_per_minute: float = 0.0
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The summary as a JSON-ready dict."""
+        return dict(self.__dict__)
+
+    def format(self) -> str:
+        """A few human lines."""
+        lines = [
+            f"done {self.done}, failed {self.failed}, rejected {self.rejected}, "
+            f"expired {self.expired} in {self.duration:.1f}s "
+            f"({self.images_per_minute:.1f} images/min)",
+            f"submitted {self.submitted}, retries {self.retries}, ambiguous resubmits "
+            f"{self.ambiguous_resubmits}, 429s {self.throttled}, polls {self.polls}",
+        ]
+        if self.regenerated:
+            lines.append(
+                f"{self.regenerated} recorded tasks generated again (task unknown to the "
+                "provider or result URL expired)"
+            )
+        for reason, n in sorted(self.failed_by_reason.items(), key=lambda kv: -kv[1]):
+            lines.append(f"  {n} x {reason}")
+        left = sum(
+            self.counts.get(s, 0) for s in ("pending", "submitting", "running", "downloading")
+        )
+        if left:
+            lines.append(f"{left} jobs not finished yet: run again to resume")
+        if self.stop_reason:
+            lines.append(f"stopped: {self.stop_reason}")
+        return "\n".join(lines)

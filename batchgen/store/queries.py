@@ -1,0 +1,138 @@
+"""Reading the state file: settings, jobs, counts, events and sessions (no writes here)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from batchgen.store.errors import StateError
+from batchgen.store.records import (
+    ALL_STATES,
+    SELECT_JOBS,
+    SELECT_ROWID,
+    Event,
+    JobRecord,
+    row_to_record,
+)
+from batchgen.store.schema import Transaction
+
+__all__ = ["JobQueries"]
+
+
+class JobQueries:
+    """The read side of :class:`batchgen.store.state.StateStore`: every method only reads."""
+
+    def __init__(self, conn: sqlite3.Connection, path: Path, *, readonly: bool) -> None:
+        self._conn = conn
+        self.path = path
+        self.readonly = readonly
+
+    def _tx(self) -> Transaction:
+        if self.readonly:
+            raise StateError("state file opened read-only")
+        return Transaction(self._conn, self.path)
+
+    def settings(self) -> dict[str, Any]:
+        """The run's settings as stored (manifest path, model(s), limits, base URL, ...)."""
+        row = self._conn.execute("SELECT value FROM meta WHERE key='settings'").fetchone()
+        value: dict[str, Any] = json.loads(row[0]) if row else {}
+        return value
+
+    def get(self, job_id: str) -> JobRecord:
+        """The job ``job_id``; ``KeyError`` if it is not in the file."""
+        row = self._conn.execute(f"{SELECT_JOBS} WHERE job_id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise KeyError(job_id)
+        return row_to_record(row)
+
+    def iter_jobs(
+        self, states: Iterable[str] | None = None, *, batch: int = 1000
+    ) -> Iterator[JobRecord]:
+        """Every job (optionally only those in ``states``), in insertion order, read in pages."""
+        wanted = tuple(states) if states is not None else None
+        last = 0
+        while True:
+            if wanted is None:
+                sql = f"{SELECT_ROWID} WHERE rowid > ? ORDER BY rowid LIMIT ?"
+                args: tuple[Any, ...] = (last, batch)
+            else:
+                marks = ",".join("?" * len(wanted))
+                sql = (
+                    f"{SELECT_ROWID} WHERE state IN ({marks}) AND rowid > ? ORDER BY rowid LIMIT ?"
+                )
+                args = (*wanted, last, batch)
+            rows = self._conn.execute(sql, args).fetchall()
+            if not rows:
+                return
+            for row in rows:
+                yield row_to_record(row[:-1])
+            last = rows[-1][-1]
+            if len(rows) < batch:
+                return
+
+    def pending_page(self, after: int, limit: int) -> list[tuple[int, JobRecord]]:
+        """Up to ``limit`` active pending jobs with rowid > ``after``: ``(rowid, job)`` pairs."""
+        rows = self._conn.execute(
+            f"{SELECT_ROWID} WHERE state = 'pending' AND rowid > ? ORDER BY rowid LIMIT ?",
+            (after, limit),
+        ).fetchall()
+        return [(row[-1], row_to_record(row[:-1])) for row in rows if row[19]]
+
+    def counts(self) -> dict[str, int]:
+        """Number of jobs per state (every state present, zeros included)."""
+        out = dict.fromkeys(ALL_STATES, 0)
+        for state, n in self._conn.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state"):
+            out[state] = n
+        return out
+
+    def count_inactive(self) -> dict[str, int]:
+        """Number of inactive (not in the current manifest) jobs per state."""
+        out: dict[str, int] = {}
+        for state, n in self._conn.execute(
+            "SELECT state, COUNT(*) FROM jobs WHERE active = 0 GROUP BY state"
+        ):
+            out[state] = n
+        return out
+
+    def done_result_paths(self) -> set[str]:
+        """The result files (``images/<id>.<ext>``) of every done job."""
+        return {
+            r[0]
+            for r in self._conn.execute(
+                "SELECT result_path FROM jobs WHERE state = 'done' AND result_path IS NOT NULL"
+            )
+        }
+
+    def job_ids(self) -> set[str]:
+        """Every job ID in the file."""
+        return {r[0] for r in self._conn.execute("SELECT job_id FROM jobs")}
+
+    def events(self, job_id: str | None = None) -> list[Event]:
+        """Events in order (all of them, or one job's)."""
+        sql = "SELECT id, job_id, at, from_state, to_state, detail FROM events"
+        args: tuple[Any, ...] = ()
+        if job_id is not None:
+            sql += " WHERE job_id = ?"
+            args = (job_id,)
+        return [Event(*row) for row in self._conn.execute(sql + " ORDER BY id", args)]
+
+    def sessions(self) -> list[dict[str, Any]]:
+        """Every session: id, pid, started_at, ended_at, exit_code, summary (dict or None)."""
+        out = []
+        for sid, pid, started, ended, code, summary in self._conn.execute(
+            "SELECT id, pid, started_at, ended_at, exit_code, summary FROM sessions ORDER BY id"
+        ):
+            out.append(
+                {
+                    "id": sid,
+                    "pid": pid,
+                    "started_at": started,
+                    "ended_at": ended,
+                    "exit_code": code,
+                    "summary": json.loads(summary) if summary else None,
+                }
+            )
+        return out

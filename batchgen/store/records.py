@@ -1,0 +1,204 @@
+"""The state file's vocabulary: job states and their legal transitions, the row types
+(:class:`JobRecord`, :class:`Event`, ...) and the SQL that reads a job row."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+__all__ = [
+    "ACTIVE_STATES",
+    "ALL_STATES",
+    "DONE",
+    "FROM_STATES",
+    "TERMINAL_STATES",
+    "TRANSITIONS",
+    "Event",
+    "JobLike",
+    "JobRecord",
+    "ResultInfo",
+    "SyncResult",
+    "row_to_record",
+]
+
+PENDING = "pending"
+SUBMITTING = "submitting"
+RUNNING = "running"
+DOWNLOADING = "downloading"
+DONE = "done"
+REJECTED = "rejected"
+FAILED = "failed"
+EXPIRED = "expired"
+
+ALL_STATES: tuple[str, ...] = (
+    PENDING,
+    SUBMITTING,
+    RUNNING,
+    DOWNLOADING,
+    DONE,
+    REJECTED,
+    FAILED,
+    EXPIRED,
+)
+TERMINAL_STATES = frozenset({DONE, REJECTED, FAILED, EXPIRED})
+#: States of a job that has a task_id: the task exists remotely and is polled, never resubmitted.
+ACTIVE_STATES = frozenset({RUNNING, DOWNLOADING})
+
+#: Legal transitions: ``TRANSITIONS[from_state]`` is the set of states a job may move to.
+#: A failed/rejected/expired job goes back to ``pending`` only through :meth:`StateStore.reset`
+#: (``batchgen retry``); ``done`` is final.
+TRANSITIONS: dict[str, frozenset[str]] = {
+    PENDING: frozenset({SUBMITTING, FAILED}),
+    SUBMITTING: frozenset({RUNNING, PENDING, REJECTED, FAILED}),
+    RUNNING: frozenset({DOWNLOADING, PENDING, FAILED}),
+    DOWNLOADING: frozenset({DONE, PENDING, EXPIRED, FAILED}),
+    DONE: frozenset(),
+    REJECTED: frozenset({PENDING}),
+    FAILED: frozenset({PENDING}),
+    EXPIRED: frozenset({PENDING}),
+}
+FROM_STATES: dict[str, tuple[str, ...]] = {
+    to: tuple(src for src, dests in TRANSITIONS.items() if to in dests) for to in ALL_STATES
+}
+
+JOB_COLUMNS = (
+    "job_id",
+    "model",
+    "body",
+    "repeat_index",
+    "grp",
+    "state",
+    "attempts",
+    "task_id",
+    "poll_url",
+    "submitted_at",
+    "finished_at",
+    "updated_at",
+    "last_error",
+    "result_path",
+    "sha256",
+    "width",
+    "height",
+    "bytes",
+    "format",
+    "active",
+    "created_at",
+)
+
+
+class JobLike(Protocol):
+    """What :meth:`StateStore.add_jobs` needs from a job (``batchgen.manifest.loader.Job`` fits)."""
+
+    @property
+    def job_id(self) -> str: ...
+    @property
+    def model(self) -> str: ...
+    @property
+    def body(self) -> Mapping[str, Any]: ...
+    @property
+    def repeat_index(self) -> int: ...
+    @property
+    def group(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """One row of the ``jobs`` table."""
+
+    job_id: str
+    model: str
+    body: dict[str, Any]
+    repeat_index: int
+    group: str
+    state: str
+    attempts: int
+    task_id: str | None
+    poll_url: str | None
+    submitted_at: float | None
+    finished_at: float | None
+    updated_at: float
+    last_error: str | None
+    result_path: str | None
+    sha256: str | None
+    width: int | None
+    height: int | None
+    bytes: int | None
+    format: str | None
+    active: bool
+    created_at: float
+
+
+@dataclass(frozen=True)
+class Event:
+    """One row of the append-only ``events`` table."""
+
+    id: int
+    job_id: str
+    at: float
+    from_state: str | None
+    to_state: str
+    detail: str | None
+
+
+@dataclass(frozen=True)
+class ResultInfo:
+    """What a finished download recorded (relative ``result_path`` like ``images/<id>.png``)."""
+
+    result_path: str
+    sha256: str
+    bytes: int
+    format: str
+    width: int | None = None
+    height: int | None = None
+
+
+@dataclass(frozen=True)
+class SyncResult:
+    """What :meth:`StateStore.sync_jobs` changed."""
+
+    added: int  #: jobs new to the file
+    reactivated: int  #: inactive jobs back in the manifest
+    orphaned: int  #: jobs that left the manifest now
+    inactive: int  #: every job not in the manifest (left as it is)
+    total: int  #: every job in the file
+
+
+def row_to_record(row: Sequence[Any]) -> JobRecord:
+    return JobRecord(
+        job_id=row[0],
+        model=row[1],
+        body=json.loads(row[2]),
+        repeat_index=row[3],
+        group=row[4],
+        state=row[5],
+        attempts=row[6],
+        task_id=row[7],
+        poll_url=row[8],
+        submitted_at=row[9],
+        finished_at=row[10],
+        updated_at=row[11],
+        last_error=row[12],
+        result_path=row[13],
+        sha256=row[14],
+        width=row[15],
+        height=row[16],
+        bytes=row[17],
+        format=row[18],
+        active=bool(row[19]),
+        created_at=row[20],
+    )
+
+
+SELECT_JOBS = f"SELECT {', '.join(JOB_COLUMNS)} FROM jobs"
+# What a transition reads first: (state, attempts), or with full=True the whole row.
+SELECT_FOR_MOVE = {
+    False: "SELECT state, attempts FROM jobs WHERE job_id = ?",
+    True: f"{SELECT_JOBS} WHERE job_id = ?",
+}
+SELECT_ROWID = f"SELECT {', '.join(JOB_COLUMNS)}, rowid FROM jobs"
+INSERT_JOB = (
+    "INSERT OR IGNORE INTO jobs(job_id, model, body, repeat_index, grp, updated_at, created_at)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
