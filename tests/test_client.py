@@ -16,7 +16,7 @@ import anyio
 import httpx
 import pytest
 
-from batchgen.api.client import (
+from batchgen.api import (
     DEFAULT_BASE_URL,
     MAX_RETRY_AFTER,
     ApiError,

@@ -10,7 +10,7 @@ step in the state file before acting on it.  Jobs are read from the state file
 lazily, in pages, so memory stays small and the first submission comes at once
 however many jobs the file holds.
 
-Outcomes by error class (see :mod:`batchgen.api.client`):
+Outcomes by error class (see :mod:`batchgen.api.errors`):
 
 * 429: the job goes back to the queue without using an attempt and is submitted again
   once the shared pause ends.  A 429 starts that pause (``Retry-After`` or a backoff) and
@@ -49,7 +49,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from batchgen.api.client import (
+from batchgen.api import (
     ApiError,
     ModellixClient,
     NotFound,

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from batchgen.api.client import ConfigError, ModellixClient, api_key_from_env, resolve_base_url
+from batchgen.api import ConfigError, ModellixClient, api_key_from_env, resolve_base_url
 from batchgen.manifest.loader import Limits, Manifest, load_manifest
 from batchgen.manifest.shard import Shard, filter_shard, shard_run_dir
 from batchgen.run.progress import Progress

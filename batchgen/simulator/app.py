@@ -42,7 +42,7 @@ from typing import Any, cast
 import httpx
 from jsonschema import Draft202012Validator
 
-from batchgen.api.client import is_loopback_host
+from batchgen.api.urls import is_loopback_host
 from batchgen.simulator.png import MAX_SIDE, png_bytes
 from batchgen.simulator.settings import FAULT_ROUTES, Latency, SimulatorConfig, StatusNames
 
