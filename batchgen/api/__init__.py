@@ -3,6 +3,7 @@
 Modules: :mod:`~batchgen.api.errors` (the :class:`ApiError` family),
 :mod:`~batchgen.api.answers` (typed answers and their classification),
 :mod:`~batchgen.api.urls` (base URL, loopback, key and proxy policy),
+:mod:`~batchgen.api.failures` (network failures and the deadline of one operation),
 :mod:`~batchgen.api.client` (:class:`ModellixClient`, the one request path). The names below
 are the package's public face.
 """
