@@ -31,7 +31,7 @@ from _common import SIM_KEY, emit, machine, peak_rss_mib, run_in_child, simulato
 
 def child(url: str, target: str) -> dict[str, Any]:
     """Time ``batchgen run TARGET`` from the call to its first submission, then stop it."""
-    from batchgen.api.client import ModellixClient  # noqa: PLC0415
+    from batchgen.api import ModellixClient  # noqa: PLC0415
     from batchgen.run.session import RunRequest, run_session  # noqa: PLC0415
 
     first: list[float] = []

@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 
-from batchgen.api.client import ModellixClient
+from batchgen.api import ModellixClient
 from batchgen.manifest.types import Job, Limits, job_id_for
 from batchgen.run.runner import RunOptions, RunSummary, run_jobs
 from batchgen.simulator.app import Simulator, SimulatorConfig

@@ -16,7 +16,7 @@ import anyio
 import httpx
 import pytest
 
-from batchgen.api.client import (
+from batchgen.api import (
     DEFAULT_BASE_URL,
     MAX_RETRY_AFTER,
     ApiError,
@@ -38,6 +38,7 @@ from batchgen.api.client import (
     resolve_base_url,
     validate_base_url,
 )
+from batchgen.errors import BatchgenError, ExitCode
 from batchgen.simulator.app import Simulator, SimulatorConfig, serve_in_thread
 
 CANARY = "sk-canary-4f1d9b7e2c6a"
@@ -963,3 +964,15 @@ async def test_loopback_requests_never_go_through_a_proxy_from_the_environment(
         async with ModellixClient(base_url, "sim-key") as client:
             result, data = await run_one_task(client, clock)
     assert result.bytes == len(data) > 0
+
+
+def test_api_errors_carry_the_exit_code_a_command_ends_with() -> None:
+    assert issubclass(ApiError, BatchgenError)
+    assert AuthError("x").exit_code == ExitCode.STOPPED
+    assert PaymentRequired("x").exit_code == ExitCode.STOPPED
+    assert ConfigError("x").exit_code == ExitCode.STOPPED
+    assert TransportFailure("x").exit_code == ExitCode.STOPPED
+    assert Rejected("x").exit_code == ExitCode.JOBS_FAILED
+    assert ResultExpired("x").exit_code == ExitCode.JOBS_FAILED
+    assert NotFound("x").exit_code == ExitCode.JOBS_FAILED  # an unknown task
+    assert NotFound("x", stops_run=True).exit_code == ExitCode.STOPPED  # an unknown model

@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 import pytest
 
-from batchgen.api.client import ModellixClient
+from batchgen.api import ModellixClient
 from batchgen.manifest.types import Limits
 from batchgen.simulator.png import png_bytes
 from batchgen.store.state import StateStore

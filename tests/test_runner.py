@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from batchgen.api.client import ModellixClient
+from batchgen.api import ModellixClient
 from batchgen.manifest.types import Limits
 from batchgen.simulator.app import Simulator, serve_in_thread
 from batchgen.store.state import StateStore

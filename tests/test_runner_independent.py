@@ -24,7 +24,7 @@ from typing import Any
 import httpx
 import pytest
 
-from batchgen.api.client import ModellixClient
+from batchgen.api import ModellixClient
 from batchgen.manifest.types import Job, Limits, job_id_for
 from batchgen.reports.status import status_report
 from batchgen.run.runner import RunOptions, RunSummary, run_jobs

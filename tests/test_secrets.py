@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from batchgen.api.client import ConfigError, ModellixClient
+from batchgen.api import ConfigError, ModellixClient
 from batchgen.cli import main
 from batchgen.simulator.app import Simulator, serve_in_thread
 from batchgen.store.state import StateError, StateStore

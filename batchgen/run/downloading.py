@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from batchgen.api.client import ApiError, Resource, ResultExpired
+from batchgen.api import ApiError, Resource, ResultExpired
 from batchgen.errors import ExitCode
 from batchgen.run.runner_core import RunnerCore
 from batchgen.store.outputs import ImageCheckError, ImageFile

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from batchgen.api.client import ApiError, NotFound
+from batchgen.api import ApiError, NotFound
 from batchgen.errors import ExitCode
 from batchgen.run.downloading import Downloads
 from batchgen.store.records import JobRecord

@@ -19,7 +19,7 @@ import logging
 import time
 from typing import Any
 
-from batchgen.api.client import ModellixClient
+from batchgen.api import ModellixClient
 from batchgen.errors import ExitCode
 from batchgen.run.options import LimitsLike, RunOptions
 from batchgen.run.progress import Progress

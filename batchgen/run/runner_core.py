@@ -20,7 +20,7 @@ import sys
 from collections import Counter
 from typing import Any
 
-from batchgen.api.client import ModellixClient
+from batchgen.api import ModellixClient
 from batchgen.errors import ExitCode
 from batchgen.reports.reasons import failure_reason
 from batchgen.run.durable import ImageCommitter

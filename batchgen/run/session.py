@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from batchgen.api.client import (
+from batchgen.api import (
     ENV_API_KEY,
     ENV_BASE_URL,
     ConfigError,

@@ -29,7 +29,7 @@ from __future__ import annotations
 import logging
 import time
 
-from batchgen.api.client import ApiError, RateLimited, Rejected
+from batchgen.api import ApiError, RateLimited, Rejected
 from batchgen.errors import ExitCode
 from batchgen.manifest.inputs import materialize_body
 from batchgen.run.following import Follows

@@ -46,7 +46,7 @@ from typing import Any, cast
 import httpx
 from jsonschema import Draft202012Validator
 
-from batchgen.api.client import is_loopback_host
+from batchgen.api import is_loopback_host
 from batchgen.manifest.catalogue import ModelSchema, load_models_in, model_dirs
 from batchgen.manifest.modelspec import ModelSpec, expected_images, list_price, spec_of
 from batchgen.simulator.png import MAX_SIDE, png_bytes
