@@ -234,8 +234,9 @@ def _varying(tiles: Sequence[Tile], skip: Iterable[str] = ()) -> list[str]:
             value = axis_value(tile, name)
             if first.setdefault(name, value) != value:
                 varying[name] = None
-    order = [*candidates, "prompt"]  # short fields first: the prompt is cut in a caption
-    return [n for n in dict.fromkeys(order) if n in varying]
+    # Short fields first: a long prompt is cut at the end of a caption.
+    order = [n for n in candidates if n != "prompt"] + ["prompt"]
+    return [n for n in order if n in varying]
 
 
 def _caption(tile: Tile, fields: Sequence[str]) -> str:
