@@ -1,0 +1,195 @@
+"""`batchgen gallery` on a run of N images: build time, incremental rebuild, page size,
+thumbnails per second (threads vs processes vs one worker), first paint in headless Chromium.
+
+    python benchmarks/bench_gallery.py            # 10,000 images of 1024x1024
+    python benchmarks/bench_gallery.py --quick    # 200 images of 256x256 (seconds; CI smoke run)
+
+The run directory is made through the state store's own API with the simulator's PNG maker
+(distinct files, as a simulated run writes them); 2% of the jobs end failed, so the page
+has placeholders too.  Steps:
+
+* ``first_build``: ``build_gallery`` on a run with no thumbnails (every thumbnail made);
+* ``incremental``: 1% more images arrived; the second build makes only those;
+* ``unchanged``: a third build with nothing new (page rewritten, no thumbnail made);
+* ``thumbs_per_s``: thumbnails of the same ``--sample`` images into empty folders, with
+  a pool of threads, a pool of processes, and one worker;
+* ``chromium``: time to first contentful paint of the page (``performance`` paint
+  entries) and the wall time of a ``--screenshot`` of it, beside that of an empty page;
+  left out with a note when Chromium is not installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from _common import emit, machine, peak_rss_mib
+
+from batchgen.manifest.loader import Job, job_id_for
+from batchgen.reports.gallery import build_gallery
+from batchgen.reports.thumbnails import ThumbRequest, make_thumbnails
+from batchgen.simulator.png import png_bytes
+from batchgen.store.state import ResultInfo, StateStore
+
+MODEL = "openai/gpt-image-1.5"
+STYLES = ("watercolor", "isometric render", "pencil sketch", "oil painting")
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+)
+_PROBE = """<script>
+new PerformanceObserver(function(l){l.getEntries().forEach(function(e){
+if(e.name==='first-contentful-paint'){document.documentElement.setAttribute('data-fcp',
+e.startTime.toFixed(1))}})}).observe({type:'paint',buffered:true});
+</script>"""
+
+
+def _jobs(n: int) -> list[Job]:
+    out = []
+    for i in range(n):
+        body = {
+            "prompt": f"object number {i}, {STYLES[i % len(STYLES)]}, studio lighting",
+            "size": "1024x1024" if i % 3 else "1536x1024",
+            "quality": "low",
+        }
+        out.append(Job(job_id_for(MODEL, body, 0), MODEL, body, 0, f"jobs[{i % 4}]"))
+    return out
+
+
+def _finish(store: StateStore, run_dir: Path, jobs: list[Job], side: int) -> None:
+    for i, j in enumerate(jobs):
+        store.mark_submitting(j.job_id)
+        if i % 50 == 7:
+            store.mark_failed(j.job_id, "task failed: content policy (after 4 attempts)")
+            continue
+        data = png_bytes(side, side, text=j.job_id)
+        rel = f"images/{j.job_id}.png"
+        (run_dir / rel).write_bytes(data)
+        store.mark_running(j.job_id, f"task-{j.job_id}", None)
+        store.mark_downloading(j.job_id)
+        digest = hashlib.sha256(data).hexdigest()
+        store.mark_done(j.job_id, ResultInfo(rel, digest, len(data), "png", side, side))
+
+
+def _timed_build(run_dir: Path) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    result = build_gallery([run_dir])
+    wall = time.perf_counter() - t0
+    return {
+        "wall_s": round(wall, 2),
+        "thumbs_made": result.thumbs_made,
+        "thumbs_kept": result.thumbs_kept,
+        "thumbs_per_s": round(result.thumbs_made / wall, 1) if result.thumbs_made else None,
+        "images": result.images,
+        "placeholders": result.placeholders,
+        "page_mib": round(result.page_bytes / 2**20, 2),
+    }
+
+
+def _thumb_rates(run_dir: Path, sample: int, scratch: Path) -> dict[str, Any]:
+    sources = sorted((run_dir / "images").iterdir())[:sample]
+    out: dict[str, Any] = {"sample": len(sources)}
+    for name, kw in (
+        ("threads", {"parallelism": "thread"}),
+        ("processes", {"parallelism": "process"}),
+        ("one_worker", {"workers": 1}),
+    ):
+        folder = scratch / f"thumbs-{name}"
+        folder.mkdir()
+        requests = [ThumbRequest(s, folder / f"{s.stem}.webp") for s in sources]
+        t0 = time.perf_counter()
+        stats = make_thumbnails(requests, **kw)  # type: ignore[arg-type]
+        wall = time.perf_counter() - t0
+        out[name] = round(stats.made / wall, 1)
+    return out
+
+
+def _chromium(page: Path, scratch: Path) -> dict[str, Any]:
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        return {"skipped": "chromium is not installed (apt-get install -y chromium)"}
+    probe = page.with_name("probe.html")
+    probe.write_text(page.read_text(encoding="utf-8").replace("</head>", _PROBE + "</head>", 1))
+    empty = scratch / "empty.html"
+    empty.write_text("<!DOCTYPE html><title>empty</title><p>empty</p>")
+
+    def browse(*args: str) -> tuple[float, str]:
+        t0 = time.perf_counter()
+        done = subprocess.run(
+            [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={scratch / 'profile'}", *args],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
+        return time.perf_counter() - t0, done.stdout
+
+    shot = scratch / "shot.png"
+    size = "--window-size=1280,900"
+    browse(f"--screenshot={shot}", size, empty.as_uri())  # warm the profile and disk cache
+    empty_s, _ = browse(f"--screenshot={shot}", size, empty.as_uri())
+    page_s, _ = browse(f"--screenshot={shot}", size, page.as_uri())
+    _, dom = browse("--dump-dom", size, probe.as_uri())
+    match = re.search(r'data-fcp="([0-9.]+)"', dom)
+    probe.unlink()
+    return {
+        "first_contentful_paint_ms": float(match.group(1)) if match else None,
+        "screenshot_wall_s": round(page_s, 2),
+        "empty_page_screenshot_wall_s": round(empty_s, 2),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--images", type=int, help="jobs in the run (default 10,000)")
+    parser.add_argument("--side", type=int, help="image side in pixels (default 1024)")
+    parser.add_argument("--sample", type=int, help="images for thumbs_per_s (default 500)")
+    args = parser.parse_args()
+    n = args.images or (200 if args.quick else 10_000)
+    side = args.side or (256 if args.quick else 1024)
+    sample = min(n, args.sample or (60 if args.quick else 500))
+    report: dict[str, Any] = {
+        "benchmark": "gallery",
+        "mode": "quick" if args.quick else "full",
+        "jobs": n,
+        "image_side": side,
+    }
+    with tempfile.TemporaryDirectory(prefix="batchgen-bench-") as tmp:
+        scratch = Path(tmp)
+        run_dir = scratch / "run"
+        jobs = _jobs(n)
+        later = max(1, n // 100)
+        store = StateStore.open(run_dir)
+        try:
+            store.add_jobs(jobs)
+            _finish(store, run_dir, jobs[: n - later], side)
+            report["first_build"] = _timed_build(run_dir)
+            _finish(store, run_dir, jobs[n - later :], side)
+            report["incremental"] = _timed_build(run_dir)
+            report["unchanged"] = _timed_build(run_dir)
+        finally:
+            store.close()
+        report["thumbs_per_s"] = _thumb_rates(run_dir, sample, scratch)
+        report["chromium"] = _chromium(run_dir / "gallery" / "index.html", scratch)
+    report["peak_rss_mib"] = peak_rss_mib()
+    report["machine"] = machine()
+    emit(report)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
