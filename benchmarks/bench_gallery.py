@@ -23,8 +23,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import re
-import shutil
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -33,6 +31,7 @@ from typing import Any
 from _common import emit, machine, peak_rss_mib
 
 from batchgen.manifest.loader import Job, job_id_for
+from batchgen.reports.browser import find_chromium, run_chromium
 from batchgen.reports.gallery import build_gallery
 from batchgen.reports.thumbnails import ThumbRequest, make_thumbnails
 from batchgen.simulator.png import png_bytes
@@ -40,16 +39,6 @@ from batchgen.store.state import ResultInfo, StateStore
 
 MODEL = "openai/gpt-image-1.5"
 STYLES = ("watercolor", "isometric render", "pencil sketch", "oil painting")
-CHROMIUM_FLAGS = (
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-)
 _PROBE = """<script>
 new PerformanceObserver(function(l){l.getEntries().forEach(function(e){
 if(e.name==='first-contentful-paint'){document.documentElement.setAttribute('data-fcp',
@@ -118,7 +107,7 @@ def _thumb_rates(run_dir: Path, sample: int, scratch: Path) -> dict[str, Any]:
 
 
 def _chromium(page: Path, scratch: Path) -> dict[str, Any]:
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    chromium = find_chromium()
     if chromium is None:
         return {"skipped": "chromium is not installed (apt-get install -y chromium)"}
     probe = page.with_name("probe.html")
@@ -128,13 +117,7 @@ def _chromium(page: Path, scratch: Path) -> dict[str, Any]:
 
     def browse(*args: str) -> tuple[float, str]:
         t0 = time.perf_counter()
-        done = subprocess.run(
-            [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={scratch / 'profile'}", *args],
-            capture_output=True,
-            text=True,
-            timeout=600,
-            check=False,
-        )
+        done = run_chromium(chromium, scratch / "profile", *args, timeout=600)
         return time.perf_counter() - t0, done.stdout
 
     shot = scratch / "shot.png"

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
 from batchgen.manifest.loader import Limits, load_manifest
+from batchgen.reports.browser import find_chromium, run_chromium
 from batchgen.reports.gallery import build_gallery
 from batchgen.simulator.app import Simulator
 from batchgen.store.state import StateStore
@@ -23,36 +22,19 @@ from tests.galleryhelpers import count
 from tests.runhelpers import in_process_client, run_in_dir, sim_config
 
 REPO = Path(__file__).resolve().parent.parent
-FLAGS = (
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-)
 
 
 def _chromium() -> str:
-    for name in ("chromium", "chromium-browser"):
-        path = shutil.which(name)
-        if path:
-            return path
+    path = find_chromium()
+    if path is not None:
+        return path
     if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
         pytest.fail("chromium is not installed (CI installs it: apt-get install -y chromium)")
     pytest.skip("chromium is not installed (apt-get install -y chromium); CI is not set")
 
 
 def _browse(chromium: str, profile: Path, *args: str) -> str:
-    done = subprocess.run(
-        [chromium, *FLAGS, f"--user-data-dir={profile}", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    done = run_chromium(chromium, profile, *args)
     assert done.returncode == 0, done.stderr[-2000:]
     return done.stdout
 
