@@ -154,6 +154,7 @@ if(c&&!t.closest('a')){pin=true;show(e)}else{pin=false}});
 document.addEventListener('keydown',function(e){if(e.key==='Escape'){pin=false;P.className=''}});
 var f=document.getElementById('fo');
 f.addEventListener('change',function(){document.body.classList.toggle('fo',f.checked)});
+document.documentElement.setAttribute('data-cards',String(D.length));
 })();
 """
 
