@@ -9,10 +9,12 @@ from pathlib import Path
 from urllib.parse import unquote
 
 import pytest
+from PIL import Image
 
 from batchgen.cli import main
 from batchgen.reports.gallery import GalleryError, build_gallery
 from batchgen.reports.reasons import failure_reason
+from batchgen.reports.thumbnails import THUMB_SIDE, ThumbRequest, make_thumbnails
 from batchgen.store.state import StateStore
 from tests.galleryhelpers import count, finish, job, make_run
 
@@ -204,3 +206,22 @@ def test_result_files_come_from_the_job_record_not_from_the_job_id(tmp_path: Pat
     os.rename(run / recorded.result_path, run / renamed)
     html = build_gallery([run]).page.read_text()
     assert f"../{recorded.result_path}" in html  # the recorded path, as the store states it
+
+
+@pytest.mark.parametrize("parallelism", ["thread", "process"])
+def test_thumbnails_are_small_webp_files_whichever_pool_makes_them(
+    tmp_path: Path, parallelism: str
+) -> None:
+    run = tmp_path / "run"
+    make_run(run, [job(f"object {i}") for i in range(6)])
+    out = tmp_path / "thumbs"
+    out.mkdir()
+    sources = sorted((run / "images").iterdir())
+    requests = [ThumbRequest(s, out / f"{s.stem}.webp") for s in sources]
+    stats = make_thumbnails(requests, workers=2, parallelism=parallelism)  # type: ignore[arg-type]
+    assert (stats.made, stats.failed) == (6, {})
+    for thumb in out.iterdir():
+        with Image.open(thumb) as im:
+            assert im.format == "WEBP"
+            assert max(im.size) <= THUMB_SIDE
+    assert make_thumbnails(requests, parallelism=parallelism).kept == 6  # type: ignore[arg-type]

@@ -67,6 +67,7 @@ def test_a_browser_shows_a_thumbnail_per_image_and_a_placeholder_per_failed_job(
 
     dom = _browse(chromium, tmp_path / "profile", "--dump-dom", url)
     assert count(dom, r"<img ") == counts["done"]
+    assert count(dom, r'<img [^>]*\bsrc="') == counts["done"]  # on screen: src given by the script
     assert count(dom, r'class="ph"') == bad
     assert 'data-cards="12"' in dom  # the page's script parsed every card's details and ran
 

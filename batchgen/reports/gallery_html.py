@@ -3,11 +3,14 @@
 Contract: every piece of user text (prompts, body values, reasons, run names) is escaped
 (:func:`html.escape` in markup; the per-card details travel as JSON in a
 ``<script type="application/json">`` block with ``<``, ``>`` and ``&`` escaped, and the
-script writes them with ``textContent`` only).  Thumbnails load lazily
-(``loading="lazy"``, with their size given so nothing moves), and cards come in blocks
-with ``content-visibility: auto`` so the browser lays out only what is on screen: a page
-of 10,000 images opens at once.  Hovering, focusing or clicking a card shows its prompt,
-body fields, model, job ID and timings in a side panel.
+script writes them with ``textContent`` only).  Cards come in blocks (a section's
+:data:`BLOCK` cards, or a grid cell) with ``content-visibility: auto``, so the browser lays
+out only what is on screen; a thumbnail's ``<img>`` carries its size and its file in
+``data-src``, and the page's script gives it its ``src`` when its block comes near the
+viewport (``loading="lazy"`` then defers the rest of a large cell): a browser pays for
+every ``<img>`` with a ``src`` while it parses a page, lazy or not, so a page of 10,000
+images would otherwise take many seconds to open.  Hovering, focusing or clicking a card
+shows its prompt, body fields, model, job ID and timings in a side panel.
 """
 
 from __future__ import annotations
@@ -154,6 +157,13 @@ if(c&&!t.closest('a')){pin=true;show(e)}else{pin=false}});
 document.addEventListener('keydown',function(e){if(e.key==='Escape'){pin=false;P.className=''}});
 var f=document.getElementById('fo');
 f.addEventListener('change',function(){document.body.classList.toggle('fo',f.checked)});
+function load(b){var im=b.querySelectorAll('img[data-src]');for(var i=0;i<im.length;i++){
+im[i].src=im[i].getAttribute('data-src');im[i].removeAttribute('data-src')}}
+var bs=document.querySelectorAll('.blk,.cell');
+if('IntersectionObserver' in window){var io=new IntersectionObserver(function(es){
+es.forEach(function(e){if(e.isIntersecting){io.unobserve(e.target);load(e.target)}})},
+{rootMargin:'1200px 0px'});for(var i=0;i<bs.length;i++)io.observe(bs[i])}
+else{for(var j=0;j<bs.length;j++)load(bs[j])}
 document.documentElement.setAttribute('data-cards',String(D.length));
 })();
 """
@@ -213,7 +223,7 @@ class _Writer:
                 w, h = _box(width, height)
                 out.append(
                     f'<a href="{_href(href)}"><img loading="lazy" decoding="async" '
-                    f'src="{_href(thumb)}" width="{w}" height="{h}" alt=""></a>'
+                    f'data-src="{_href(thumb)}" width="{w}" height="{h}" alt=""></a>'
                 )
             out.append("</div>")
         out.append(f"<figcaption>{escape(card.caption)}</figcaption></figure>")

@@ -7,15 +7,17 @@ only the new ones.  Each thumbnail is written to a temporary name and renamed, s
 interrupted call leaves no half-written file under a final name.  Sources that cannot be
 decoded are reported, not raised.
 
-Thumbnails are made in parallel (:func:`make_thumbnails`: a pool of threads by default;
-Pillow releases the GIL while it decodes and resizes, so threads use every core without
-the cost of starting processes).
+Thumbnails are made in parallel (:func:`make_thumbnails`): by default in a pool of worker
+processes, one per core, for batches of :data:`PROCESS_THRESHOLD` or more (PNG decoding
+holds the GIL for much of its time, so threads do not scale), and in threads for smaller
+batches, where starting processes would cost more than it saves.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import multiprocessing
 import os
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
@@ -26,6 +28,7 @@ from typing import Literal
 from PIL import Image
 
 __all__ = [
+    "PROCESS_THRESHOLD",
     "THUMB_EXT",
     "THUMB_SIDE",
     "ThumbRequest",
@@ -40,7 +43,10 @@ THUMB_SIDE = 256
 THUMB_EXT = ".webp"
 _QUALITY = 70
 
-Parallelism = Literal["thread", "process"]
+#: Below this many thumbnails to make, ``parallelism="auto"`` uses threads.
+PROCESS_THRESHOLD = 48
+
+Parallelism = Literal["auto", "thread", "process"]
 
 
 def thumb_key(source: Path, sha256: str | None) -> str | None:
@@ -108,7 +114,7 @@ def make_thumbnails(
     requests: Iterable[ThumbRequest],
     *,
     workers: int | None = None,
-    parallelism: Parallelism = "thread",
+    parallelism: Parallelism = "auto",
 ) -> ThumbStats:
     """Make every requested thumbnail that does not exist yet, ``workers`` at a time
     (default: one per core); the folders of the targets must exist."""
@@ -130,11 +136,18 @@ def make_thumbnails(
     if n == 1:
         outcomes = [_work(r) for r in todo]
     else:
-        pool: Executor = (
-            ProcessPoolExecutor(n) if parallelism == "process" else ThreadPoolExecutor(n)
+        processes = parallelism == "process" or (
+            parallelism == "auto" and len(todo) >= PROCESS_THRESHOLD
         )
+        pool: Executor = ThreadPoolExecutor(n)
+        if processes:
+            # Not fork: the caller may have threads (an event loop, a state-file reader).
+            methods = multiprocessing.get_all_start_methods()
+            method = "forkserver" if "forkserver" in methods else "spawn"
+            pool = ProcessPoolExecutor(n, mp_context=multiprocessing.get_context(method))
         with pool:
-            outcomes = list(pool.map(_work, todo, chunksize=16 if parallelism == "process" else 1))
+            chunk = max(1, min(32, len(todo) // (n * 8))) if processes else 1
+            outcomes = list(pool.map(_work, todo, chunksize=chunk))
     for request, why in zip(todo, outcomes, strict=True):
         if why is None:
             stats.made += 1
