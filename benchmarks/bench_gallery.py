@@ -12,7 +12,7 @@ has placeholders too.  Steps:
 * ``incremental``: 1% more images arrived; the second build makes only those;
 * ``unchanged``: a third build with nothing new (page rewritten, no thumbnail made);
 * ``thumbs_per_s``: thumbnails of the same ``--sample`` images into empty folders, with
-  a pool of threads, a pool of processes, and one worker;
+  a pool of threads, a pool of processes, and one worker (best of two interleaved rounds);
 * ``chromium``: time to first contentful paint of the page (``performance`` paint
   entries) and the wall time of a ``--screenshot`` of it, beside that of an empty page;
   left out with a note when Chromium is not installed.
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import os
 import re
 import tempfile
 import time
@@ -89,21 +90,25 @@ def _timed_build(run_dir: Path) -> dict[str, Any]:
 
 
 def _thumb_rates(run_dir: Path, sample: int, scratch: Path) -> dict[str, Any]:
+    """Thumbnails per second of each pool on the same images: two interleaved rounds, the
+    better of each kept (the machine is shared; one round is at the mercy of a neighbour)."""
     sources = sorted((run_dir / "images").iterdir())[:sample]
-    out: dict[str, Any] = {"sample": len(sources)}
-    for name, kw in (
-        ("threads", {"parallelism": "thread"}),
-        ("processes", {"parallelism": "process"}),
-        ("one_worker", {"workers": 1}),
-    ):
-        folder = scratch / f"thumbs-{name}"
-        folder.mkdir()
-        requests = [ThumbRequest(s, folder / f"{s.stem}.webp") for s in sources]
-        t0 = time.perf_counter()
-        stats = make_thumbnails(requests, **kw)  # type: ignore[arg-type]
-        wall = time.perf_counter() - t0
-        out[name] = round(stats.made / wall, 1)
-    return out
+    modes: dict[str, dict[str, Any]] = {
+        "threads": {"parallelism": "thread"},
+        "processes": {"parallelism": "process"},
+        "one_worker": {"workers": 1},
+    }
+    best: dict[str, float] = {}
+    for round_ in range(2):
+        for name, kw in modes.items():
+            folder = scratch / f"thumbs-{name}-{round_}"
+            folder.mkdir()
+            requests = [ThumbRequest(s, folder / f"{s.stem}.webp") for s in sources]
+            t0 = time.perf_counter()
+            stats = make_thumbnails(requests, **kw)
+            rate = stats.made / (time.perf_counter() - t0)
+            best[name] = max(best.get(name, 0.0), rate)
+    return {"sample": len(sources), **{k: round(v, 1) for k, v in best.items()}}
 
 
 def _chromium(page: Path, scratch: Path) -> dict[str, Any]:
@@ -140,11 +145,11 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--images", type=int, help="jobs in the run (default 10,000)")
     parser.add_argument("--side", type=int, help="image side in pixels (default 1024)")
-    parser.add_argument("--sample", type=int, help="images for thumbs_per_s (default 500)")
+    parser.add_argument("--sample", type=int, help="images for thumbs_per_s (default 1000)")
     args = parser.parse_args()
     n = args.images or (200 if args.quick else 10_000)
     side = args.side or (256 if args.quick else 1024)
-    sample = min(n, args.sample or (60 if args.quick else 500))
+    sample = min(n, args.sample or (60 if args.quick else 1000))
     report: dict[str, Any] = {
         "benchmark": "gallery",
         "mode": "quick" if args.quick else "full",
@@ -169,6 +174,7 @@ def main() -> int:
         report["thumbs_per_s"] = _thumb_rates(run_dir, sample, scratch)
         report["chromium"] = _chromium(run_dir / "gallery" / "index.html", scratch)
     report["peak_rss_mib"] = peak_rss_mib()
+    report["load_average_1m_at_end"] = round(os.getloadavg()[0], 2)
     report["machine"] = machine()
     emit(report)
     return 0

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import posixpath
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,10 +73,16 @@ class GalleryError(StateError):
 class Image:
     """One result file of a job: where it is and where its thumbnail goes."""
 
-    path: Path  #: the image file
-    thumb: Path | None  #: its thumbnail (None: the file is missing)
+    run_dir: Path
+    rel: str  #: the image file, relative to ``run_dir`` (as the state file records it)
+    thumb: str | None  #: its thumbnail, relative to ``run_dir`` (None: the file is missing)
     width: int | None
     height: int | None
+
+    @property
+    def path(self) -> Path:
+        """The image file."""
+        return self.run_dir / self.rel
 
 
 @dataclass(frozen=True)
@@ -122,15 +129,14 @@ def run_dir_of(run: Path) -> Path:
 
 def _job_images(run_dir: Path, job: JobRecord) -> tuple[Image, ...]:
     paths = result_paths(job)
-    thumbs = run_dir / GALLERY_DIR / THUMBS_DIR
     out = []
     for rel in paths:
-        path = run_dir / rel
-        key = thumb_key(path, job.sha256 if len(paths) == 1 else None)
+        key = thumb_key(run_dir / rel, job.sha256 if len(paths) == 1 else None)
         out.append(
             Image(
-                path=path,
-                thumb=thumbs / f"{key}{THUMB_EXT}" if key else None,
+                run_dir=run_dir,
+                rel=rel,
+                thumb=f"{GALLERY_DIR}/{THUMBS_DIR}/{key}{THUMB_EXT}" if key else None,
                 width=job.width,
                 height=job.height,
             )
@@ -330,17 +336,18 @@ def build_gallery(
         except OSError as exc:
             raise GalleryError(f"cannot create {thumbs}: {exc}") from exc
     requests = [
-        ThumbRequest(image.path, image.thumb)
+        ThumbRequest(image.path, image.run_dir / image.thumb)
         for tile in tiles
         for image in tile.images
         if image.thumb is not None
     ]
     stats = make_thumbnails(requests, workers=workers, parallelism=parallelism)
-    broken = {Path(name).stem for name in stats.failed}
+    broken = set(stats.failed)  # source images
     base = page.parent.resolve()
+    prefixes: dict[Path, str] = {}  # run directory -> its path relative to the page
 
     def to_card(tile: Tile, caption: str) -> Card:
-        return _to_card(tile, caption, base, broken)
+        return _to_card(tile, caption, prefixes, base, broken)
 
     sections, grid = build_layout(tiles, x=x, y=y, to_card=to_card)
     title = ", ".join(dict.fromkeys(t.run for t in tiles)) or "batchgen gallery"
@@ -371,15 +378,20 @@ def _counts(tiles: Sequence[Tile]) -> dict[str, int]:
     return counts
 
 
-def _to_card(tile: Tile, caption: str, base: Path, broken: set[str]) -> Card:
+def _to_card(
+    tile: Tile, caption: str, prefixes: dict[Path, str], base: Path, broken: set[str]
+) -> Card:
     """The page's view of one tile: page-relative links, details for the info panel."""
     job = tile.job
     links = []
     for image in tile.images:
-        href = _rel(image.path, base)
+        prefix = prefixes.get(image.run_dir)
+        if prefix is None:
+            prefix = prefixes[image.run_dir] = _rel(image.run_dir, base)
+        href = posixpath.normpath(f"{prefix}/{image.rel}")
         thumb = None
-        if image.thumb is not None and image.thumb.stem not in broken:
-            thumb = _rel(image.thumb, base)
+        if image.thumb is not None and str(image.path) not in broken:
+            thumb = posixpath.normpath(f"{prefix}/{image.thumb}")
         links.append((href, thumb, image.width, image.height))
     seconds = (
         round(job.finished_at - job.submitted_at, 1)

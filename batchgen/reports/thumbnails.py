@@ -76,7 +76,7 @@ class ThumbStats:
 
     made: int = 0
     kept: int = 0  #: already there from an earlier call
-    failed: dict[str, str] = field(default_factory=dict)  #: target name -> why
+    failed: dict[str, str] = field(default_factory=dict)  #: source image -> why
 
 
 def make_thumbnail(source: Path, target: Path, side: int = THUMB_SIDE) -> None:
@@ -152,5 +152,5 @@ def make_thumbnails(
         if why is None:
             stats.made += 1
         else:
-            stats.failed[request.target.name] = why
+            stats.failed[str(request.source)] = why
     return stats
