@@ -3,20 +3,20 @@
 Contract: every piece of user text (prompts, body values, reasons, run names) is escaped
 (:func:`html.escape` in markup; the per-card details travel as JSON in a
 ``<script type="application/json">`` block with ``<``, ``>`` and ``&`` escaped, and the
-script writes them with ``textContent`` only).  Cards come in blocks (a section's
-:data:`BLOCK` cards, or a grid cell) with ``content-visibility: auto``, so the browser lays
-out only what is on screen; a thumbnail's ``<img>`` carries its size and its file in
-``data-src``, and the page's script gives it its ``src`` when its block comes near the
-viewport (``loading="lazy"`` then defers the rest of a large cell): a browser pays for
-every ``<img>`` with a ``src`` while it parses a page, lazy or not, so a page of 10,000
-images would otherwise take many seconds to open.  Hovering, focusing or clicking a card
-shows its prompt, body fields, model, job ID and timings in a side panel.
+script writes them with ``textContent`` only).  Cards come in blocks of :data:`BLOCK`
+(in a section or a grid cell) with ``content-visibility: auto``, so the browser lays out
+only what is on screen.  A thumbnail's ``<img>`` carries its size and its file in
+``data-src``; the page's script gives it its ``src`` at once when its block is on or near
+the first screen (so those count in the page's load), else when the block scrolls near (a
+browser pays for every ``<img>`` with a ``src`` while it parses a page, lazy or not).
+Hovering, focusing or clicking a card shows its prompt, body fields, model, job ID and
+timings in a side panel.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from html import escape
 from typing import Any
@@ -118,8 +118,9 @@ color:var(--bad)}
 .hx{padding:6px 8px;background:#ebece7;border-radius:6px;position:sticky;top:52px;z-index:2}
 .hy{padding:8px;background:#ebece7;border-radius:6px;max-width:220px;align-self:stretch}
 .corner{color:var(--mut);font-weight:500;padding:6px 8px}
-.cell{display:flex;flex-wrap:wrap;gap:8px;padding:6px;min-height:60px;border-radius:7px;
-border:1px dashed var(--line);content-visibility:auto;contain-intrinsic-size:auto 170px}
+.cell{padding:6px;min-height:60px;border-radius:7px;border:1px dashed var(--line)}
+.cell .blk{gap:8px;contain-intrinsic-size:auto 170px}
+.cell .blk+.blk{margin-top:8px}
 .empty{border-style:dotted;opacity:.5}
 #info{position:fixed;right:16px;bottom:16px;width:380px;max-height:65vh;overflow:auto;
 background:#fff;border:1px solid var(--line);border-radius:9px;padding:12px 14px;
@@ -159,11 +160,12 @@ var f=document.getElementById('fo');
 f.addEventListener('change',function(){document.body.classList.toggle('fo',f.checked)});
 function load(b){var im=b.querySelectorAll('img[data-src]');for(var i=0;i<im.length;i++){
 im[i].src=im[i].getAttribute('data-src');im[i].removeAttribute('data-src')}}
-var bs=document.querySelectorAll('.blk,.cell');
-if('IntersectionObserver' in window){var io=new IntersectionObserver(function(es){
+var bs=document.querySelectorAll('.blk'),near=innerHeight+1200,io=null;
+if('IntersectionObserver' in window){io=new IntersectionObserver(function(es){
 es.forEach(function(e){if(e.isIntersecting){io.unobserve(e.target);load(e.target)}})},
-{rootMargin:'1200px 0px'});for(var i=0;i<bs.length;i++)io.observe(bs[i])}
-else{for(var j=0;j<bs.length;j++)load(bs[j])}
+{rootMargin:'1200px 0px'})}
+for(var i=0;i<bs.length;i++){
+if(!io||bs[i].getBoundingClientRect().top<near)load(bs[i]);else io.observe(bs[i])}
 document.documentElement.setAttribute('data-cards',String(D.length));
 })();
 """
@@ -228,9 +230,13 @@ class _Writer:
             out.append("</div>")
         out.append(f"<figcaption>{escape(card.caption)}</figcaption></figure>")
 
-    def cards(self, cards: Iterable[Card]) -> None:
-        for card in cards:
-            self.card(card)
+    def blocks(self, cards: Sequence[Card]) -> None:
+        """``cards`` in blocks of :data:`BLOCK`, each laid out and loaded on its own."""
+        for start in range(0, len(cards), BLOCK):
+            self.parts.append('<div class="blk">')
+            for card in cards[start : start + BLOCK]:
+                self.card(card)
+            self.parts.append("</div>")
 
 
 def _sections(w: _Writer, sections: Sequence[Section]) -> None:
@@ -240,11 +246,7 @@ def _sections(w: _Writer, sections: Sequence[Section]) -> None:
             f'<span class="pill">{len(section.cards)}</span></h2>'
             f'<p class="sub">{escape(section.subtitle)}</p>'
         )
-        cards = section.cards
-        for start in range(0, len(cards), BLOCK):
-            w.parts.append('<div class="blk">')
-            w.cards(cards[start : start + BLOCK])
-            w.parts.append("</div>")
+        w.blocks(section.cards)
         w.parts.append("</section>")
 
 
@@ -270,7 +272,7 @@ def _grid(w: _Writer, grid: Grid) -> None:
         for xv in grid.xs:
             cards = grid.cells.get((yv, xv), ())
             w.parts.append(f'<div class="cell{"" if cards else " empty"}">')
-            w.cards(cards)
+            w.blocks(cards)
             w.parts.append("</div>")
     w.parts.append("</div>")
 
