@@ -8,7 +8,8 @@ The run directory is made through the state store's own API with the simulator's
 (distinct files, as a simulated run writes them); 2% of the jobs end failed, so the page
 has placeholders too.  Steps:
 
-* ``first_build``: ``build_gallery`` on a run with no thumbnails (every thumbnail made);
+* ``first_build``: ``build_gallery`` (as ``batchgen gallery`` calls it) on a run with no
+  thumbnails (every thumbnail made);
 * ``incremental``: 1% more images arrived; the second build makes only those;
 * ``unchanged``: a third build with nothing new (page rewritten, no thumbnail made);
 * ``thumbs_per_s``: thumbnails of the same ``--sample`` images into empty folders, with
@@ -150,7 +151,7 @@ def _finish(store: StateStore, run_dir: Path, jobs: list[Job], side: int) -> Non
 
 def _timed_build(run_dir: Path) -> dict[str, Any]:
     t0 = time.perf_counter()
-    result = build_gallery([run_dir])
+    result = build_gallery([run_dir], parallelism="auto")  # as `batchgen gallery`
     wall = time.perf_counter() - t0
     return {
         "wall_s": round(wall, 2),

@@ -7,10 +7,12 @@ only the new ones.  Each thumbnail is written to a temporary name and renamed, s
 interrupted call leaves no half-written file under a final name.  Sources that cannot be
 decoded are reported, not raised.
 
-Thumbnails are made in parallel (:func:`make_thumbnails`): by default in a pool of worker
-processes, one per core, for batches of :data:`PROCESS_THRESHOLD` or more (PNG decoding
-holds the GIL for much of its time, so threads do not scale), and in threads for smaller
-batches, where starting processes would cost more than it saves.
+Thumbnails are made in parallel (:func:`make_thumbnails`), one worker per core: threads by
+default (Pillow releases the GIL while it decodes and resizes; safe from any caller), or
+worker processes (``parallelism="process"``, or ``"auto"`` for batches of
+:data:`PROCESS_THRESHOLD` or more).  Processes start with ``forkserver`` (never ``fork``:
+the caller may have threads), so a calling script needs the ``if __name__ == "__main__":``
+guard; ``batchgen gallery`` uses ``"auto"``.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ THUMB_SIDE = 256
 THUMB_EXT = ".webp"
 _QUALITY = 70
 
-#: Below this many thumbnails to make, ``parallelism="auto"`` uses threads.
+#: From this many thumbnails to make, ``parallelism="auto"`` uses worker processes.
 PROCESS_THRESHOLD = 48
 
 Parallelism = Literal["auto", "thread", "process"]
@@ -114,7 +116,7 @@ def make_thumbnails(
     requests: Iterable[ThumbRequest],
     *,
     workers: int | None = None,
-    parallelism: Parallelism = "auto",
+    parallelism: Parallelism = "thread",
 ) -> ThumbStats:
     """Make every requested thumbnail that does not exist yet, ``workers`` at a time
     (default: one per core); the folders of the targets must exist."""
