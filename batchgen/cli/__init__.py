@@ -26,6 +26,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "status",
     "retry",
     "export",
+    "gallery",
     "simulate",
     "models",
 )
