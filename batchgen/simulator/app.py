@@ -290,6 +290,7 @@ class Simulator:
         self._unknown_polls = 0
         self._downloads = 0
         self._download_bytes = 0
+        self._file_downloads: Counter[str] = Counter()
         self._codes: Counter[int] = Counter()
         self._faults: Counter[str] = Counter()
         self._peak = 0
@@ -314,6 +315,11 @@ class Simulator:
             if candidate.name == model:
                 return candidate.submit_path
         raise KeyError(model)
+
+    def download_counts(self) -> dict[str, int]:
+        """Result-file requests answered 200 so far, per file (``<task_id>/<i>.png``)."""
+        with self._lock:
+            return dict(self._file_downloads)
 
     def stats(self) -> dict[str, Any]:
         """Counters a test can assert on; the same JSON as ``GET /_sim/stats``."""
@@ -362,6 +368,8 @@ class Simulator:
                     "total": self._downloads,
                     "bytes": self._download_bytes,
                     "max_per_task": max((t.downloads for t in self._tasks.values()), default=0),
+                    "files": len(self._file_downloads),
+                    "max_per_file": max(self._file_downloads.values(), default=0),
                 },
                 "faults": dict(sorted(self._faults.items())),
             }
@@ -678,6 +686,7 @@ class Simulator:
             text=task.task_id if name == "0.png" else f"{task.task_id}/{name}",
         )
         task.downloads += 1
+        self._file_downloads[rest] += 1
         self._downloads += 1
         self._download_bytes += len(data)
         return _Answer(200, data, [])
@@ -741,6 +750,8 @@ class Simulator:
         with self._lock:
             self._codes[200] += 1
         headers = [(b"content-type", b"image/png"), (b"content-length", str(len(data)).encode())]
+        if self.config.download_latency > 0:
+            await asyncio.sleep(self.config.download_latency)
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         speed = self.config.download_bytes_per_second
         if speed is None:
