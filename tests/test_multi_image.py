@@ -6,7 +6,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import sqlite3
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -18,11 +21,13 @@ from batchgen.manifest.types import Job, Limits, job_id_for
 from batchgen.reports.export import export_rows
 from batchgen.reports.metrics import write_metrics
 from batchgen.reports.status import format_status, status_report
-from batchgen.simulator.app import Simulator
+from batchgen.simulator.app import Simulator, serve_in_thread
 from batchgen.store.outputs import OutputDir, check_image
 from batchgen.store.records import ResultInfo
-from batchgen.store.state import StateStore
-from tests.runhelpers import in_process_client, run_in_dir, sim_config
+from batchgen.store.state import StateError, StateStore
+from tests.runhelpers import SIM_KEY, in_process_client, run_in_dir, sim_config
+
+REPO = Path(__file__).resolve().parent.parent
 
 pytestmark = pytest.mark.anyio
 
@@ -244,3 +249,73 @@ async def test_datasets_imagefolder_loads_one_row_per_image(tmp_path: Path) -> N
         [(jobs[0].job_id, i) for i in range(4)] + [(jobs[1].job_id, 0)]
     )
     assert all(img.size[0] > 0 for img in loaded["image"])
+
+
+# -- SIGKILL between two downloads of one job ---------------------------------------------------
+
+KILL_MANIFEST = """\
+version: 1
+name: several
+model: alibaba/wan2.7-image
+limits: {concurrency: 2, rate: 50/s, retries: 2, timeout: 10m}
+jobs:
+  - prompt: a lighthouse at dawn
+"""
+
+
+def _batchgen_run(manifest: Path, run_dir: Path, url: str) -> subprocess.Popen[str]:
+    env = {**os.environ, "MODELLIX_API_KEY": SIM_KEY}
+    argv = [sys.executable, "-m", "batchgen", "run", str(manifest)]
+    argv += ["--output", str(run_dir), "--base-url", url]
+    return subprocess.Popen(
+        argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO
+    )
+
+
+def _recorded(run_dir: Path) -> list[str]:
+    """The image files the state file records (nothing while it does not exist yet)."""
+    try:
+        with StateStore.open_readonly(run_dir) as store:
+            return sorted(store.done_result_paths())
+    except StateError:
+        return []
+
+
+def test_sigkill_between_two_downloads_of_a_job_loses_no_image_and_fetches_none_twice(
+    tmp_path: Path,
+) -> None:
+    manifest = tmp_path / "several.yaml"
+    manifest.write_text(KILL_MANIFEST)
+    run_dir = tmp_path / "run"
+    # Each result file waits 0.8 s before its first byte: the kill lands while the third
+    # download waits, two images recorded, two not.
+    sim = Simulator(sim_config(time_scale=0.01, download_latency=0.8))
+    with serve_in_thread(sim) as url:
+        proc = _batchgen_run(manifest, run_dir, url)
+        before: list[str] = []
+        for _ in range(3000):  # bounded: at most about a minute
+            before = _recorded(run_dir)
+            if len(before) >= 2 or proc.poll() is not None:
+                break
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=30)
+        assert 2 <= len(before) < 4, before
+        on_disk = sorted(f"images/{n}" for n in os.listdir(run_dir / "images"))
+        assert set(before) <= set(on_disk)
+        with StateStore.open_readonly(run_dir) as store:
+            (job,) = store.iter_jobs()
+            assert job.state == "downloading"
+            recorded = store.job_images(job.job_id)
+            task_id = job.task_id
+        proc = _batchgen_run(manifest, run_dir, url)
+        _out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err[-2000:]
+    check_images(run_dir, job.job_id, 4)
+    counts = sim.download_counts()
+    assert set(counts) == {f"{task_id}/{i}.png" for i in range(4)}
+    for image in recorded:  # durable before the kill: never fetched again
+        assert counts[f"{task_id}/{image.index}.png"] == 1
+    # At most the one download in flight at the kill was fetched a second time.
+    assert sum(counts.values()) <= 4 + 1
+    assert sim.stats()["submissions"]["accepted"] == 1
