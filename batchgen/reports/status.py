@@ -201,7 +201,7 @@ class StatusReport:
     settings: dict[str, Any] = field(default_factory=dict)
     images: dict[str, int] = field(default_factory=lambda: {"done": 0, "partial": 0})
     """Images on disk and recorded: ``done`` (of done jobs; a task may return several) and
-    ``partial`` (of jobs still downloading the rest of their images)."""
+    ``partial`` (of jobs not done: still downloading the rest, or failed after some)."""
 
     @property
     def finished(self) -> int:
@@ -498,7 +498,7 @@ def format_status(report: StatusReport, *, failed_only: bool = False) -> str:
         partial = r.images.get("partial", 0)
         lines.append(
             f"images: {done_images} image{'s' if done_images != 1 else ''} of done jobs"
-            + (f", {partial} more of jobs still downloading" if partial else "")
+            + (f", {partial} more on disk of jobs not done" if partial else "")
         )
         if r.not_in_manifest:
             lines.append(f"  {r.not_in_manifest} no longer in the manifest (left as they are)")

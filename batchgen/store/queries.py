@@ -35,7 +35,8 @@ def has_images_table(conn: sqlite3.Connection) -> bool:
 
 def image_counts(conn: sqlite3.Connection) -> dict[str, int]:
     """Recorded images: ``done`` (of done jobs) and ``partial`` (durable images of jobs not
-    done yet, e.g. a multi-image job interrupted between downloads)."""
+    done: a multi-image job interrupted between downloads, or one that failed after some of
+    its images)."""
     if not has_images_table(conn):
         n = conn.execute(
             "SELECT COUNT(*) FROM jobs WHERE state = 'done' AND result_path IS NOT NULL"

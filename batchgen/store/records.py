@@ -181,9 +181,10 @@ IMAGE_COLUMNS = (
 )
 SELECT_IMAGES = f"SELECT {IMAGE_COLUMNS} FROM images"
 #: Parameters: job_id, index, job_id (for its task_id), url, path, sha256, bytes, width,
-#: height, format, recorded_at.
+#: height, format, recorded_at.  A recorded image is never replaced: it is durable, and its
+#: row keeps the task it came from.
 INSERT_IMAGE = (
-    f"INSERT OR REPLACE INTO images({IMAGE_COLUMNS}) VALUES"
+    f"INSERT OR IGNORE INTO images({IMAGE_COLUMNS}) VALUES"
     " (?, ?, (SELECT task_id FROM jobs WHERE job_id = ?), ?, ?, ?, ?, ?, ?, ?, 'done', ?)"
 )
 
