@@ -21,11 +21,12 @@ from batchgen.manifest.types import Job, Limits, job_id_for
 from batchgen.reports.export import export_rows
 from batchgen.reports.metrics import write_metrics
 from batchgen.reports.status import format_status, status_report
-from batchgen.simulator.app import Simulator, serve_in_thread
+from batchgen.simulator.app import Latency, Simulator, serve_in_thread
 from batchgen.store.outputs import OutputDir, check_image
 from batchgen.store.records import ResultInfo
 from batchgen.store.state import StateError, StateStore
 from tests.runhelpers import SIM_KEY, in_process_client, run_in_dir, sim_config
+from tests.simhelpers import FakeClock
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -170,6 +171,30 @@ async def test_a_job_with_every_image_recorded_is_finished_without_a_download(
         summary = await run_in_dir(tmp_path, client, None, limits())
     assert (summary.exit_code, summary.downloads) == (0, 0)
     check_images(tmp_path, job.job_id, 2)
+
+
+async def test_a_regenerated_task_fills_only_the_missing_images_and_keeps_the_others(
+    tmp_path: Path,
+) -> None:
+    clock = FakeClock()
+    config = sim_config(time_scale=1.0, latency=Latency.fixed(0), result_ttl=10)
+    sim = Simulator(config, clock=clock)
+    job = wan_job()
+    old_task = await _partly_downloaded(tmp_path, sim, job, keep=2)
+    clock.advance(60)  # the first task's result URLs have expired
+    async with in_process_client(sim) as client:
+        summary = await run_in_dir(tmp_path, client, None, limits())
+    assert (summary.exit_code, summary.regenerated) == (0, 1)
+    check_images(tmp_path, job.job_id, 4)
+    with StateStore.open_readonly(tmp_path) as store:
+        images = store.job_images(job.job_id)
+        new_task = store.get(job.job_id).task_id
+    assert new_task != old_task
+    assert [i.task_id for i in images] == [old_task, old_task, new_task, new_task]
+    assert sim.download_counts() == {
+        **{f"{old_task}/{i}.png": 1 for i in (0, 1)},
+        **{f"{new_task}/{i}.png": 1 for i in (2, 3)},
+    }
 
 
 # -- the state file ------------------------------------------------------------------------------
