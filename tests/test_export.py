@@ -96,7 +96,7 @@ def test_csv_round_trips_with_a_fixed_header(night: Path) -> None:
     out.seek(0)
     table = list(csv.DictReader(out))
     assert len(table) == n == 41
-    assert columns[:3] == ["file_name", "job_id", "prompt"]
+    assert columns[:4] == ["file_name", "job_id", "index", "prompt"]
     assert {"size", "quality", "background", "state", "last_error", "sha256"} <= set(columns)
     kite = next(r for r in table if r["prompt"].startswith("a kite"))
     assert kite["prompt"] == "a kite, 'quoted', with, commas"

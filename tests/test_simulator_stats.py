@@ -8,7 +8,6 @@ import httpx
 import pytest
 from simhelpers import AUTH, SUBMIT, FakeClock, check_png, client_for, make_sim
 
-from batchgen.simulator import app as simulator_module
 from batchgen.simulator.app import (
     MAX_BODY_BYTES,
     Latency,
@@ -16,6 +15,7 @@ from batchgen.simulator.app import (
     SimulatorConfig,
     serve_in_thread,
 )
+from batchgen.simulator.serving import bind_socket
 
 pytestmark = pytest.mark.anyio
 
@@ -115,7 +115,7 @@ def test_serve_in_thread_refuses_a_non_loopback_host() -> None:
 def test_listening_socket_is_tcp_so_asyncio_disables_nagle() -> None:
     # asyncio sets TCP_NODELAY only on sockets whose proto is TCP; without it every answer
     # waited ~40 ms for a delayed ACK.
-    sock = simulator_module._bind("127.0.0.1", 0, allow_remote=False)
+    sock = bind_socket("127.0.0.1", 0, allow_remote=False)
     try:
         assert sock.proto == socket.IPPROTO_TCP
     finally:

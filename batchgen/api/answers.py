@@ -267,20 +267,40 @@ def _failure_message(payload: Mapping[str, Any], data: Mapping[str, Any]) -> str
     return "task failed without a message; answer: " + sanitize(raw, _MESSAGE_CHARS)
 
 
+def _result_items(data: Mapping[str, Any]) -> list[Any]:
+    """The result list of a success answer, in the documented variants: ``data.result.resources``
+    (the how-to page), ``data.resources`` (the official CLI's fallback) or ``data.results``
+    (a synchronous model page, items with ``image_url``)."""
+    result = data.get("result")
+    candidates = [
+        result.get("resources") if isinstance(result, Mapping) else None,
+        data.get("resources"),
+        data.get("results"),
+    ]
+    for items in candidates:
+        if isinstance(items, list) and items:
+            return items
+    return []
+
+
 def _parse_resources(
     data: Mapping[str, Any], on_base: Callable[[str], bool] | None = None
 ) -> list[Resource]:
-    """The usable result resources of a success answer; a URL for which ``on_base`` is true
-    (on the API's base URL, plain characters) is usable without parsing it."""
-    result = data.get("result")
-    items = result.get("resources") if isinstance(result, Mapping) else None
-    if not isinstance(items, list):
-        return []
+    """The usable result resources of a success answer, in order; an item is an object with
+    ``url`` (or ``image_url``) or a plain URL string.  A URL for which ``on_base`` is true (on
+    the API's base URL, plain characters) is usable without parsing it."""
     resources: list[Resource] = []
-    for item in items[:100]:
-        if not isinstance(item, Mapping):
+    for entry in _result_items(data)[:100]:
+        item: Mapping[str, Any]
+        if isinstance(entry, str):
+            item = {"url": entry}
+        elif isinstance(entry, Mapping):
+            item = entry
+        else:
             continue
         url = item.get("url")
+        if not isinstance(url, str):
+            url = item.get("image_url")
         if not isinstance(url, str) or len(url) > 8192:
             continue
         if on_base is None or not on_base(url):

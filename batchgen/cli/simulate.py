@@ -168,6 +168,12 @@ def add_parser(subparsers: Any) -> None:
         "--download-bytes-per-second", type=float, help="slow downloads: bytes per real second"
     )
     files.add_argument("--download-chunk-size", type=int, default=65536)
+    files.add_argument(
+        "--download-latency",
+        type=float,
+        default=0.0,
+        help="real seconds each result file waits before its first byte (default 0)",
+    )
     parser.set_defaults(handler=handle)
 
 
@@ -201,6 +207,7 @@ def config_from_args(args: argparse.Namespace) -> SimulatorConfig:
         expired_status=args.expired_status,
         download_bytes_per_second=args.download_bytes_per_second,
         download_chunk_size=args.download_chunk_size,
+        download_latency=args.download_latency,
     )
     if args.faults is not None:
         config = config.with_faults(args.faults)

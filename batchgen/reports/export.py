@@ -6,8 +6,9 @@ directories (e.g. the shards of one manifest, see :mod:`batchgen.manifest.shard`
 into one table with exactly one row per image: a job ID is exported once, from
 the first directory (in the order given) where it is done.
 
-Row shape (``state="done"``): the ``metadata.jsonl`` record of the job
-(:func:`batchgen.store.outputs.metadata_record`: ``file_name``, ``job_id``, ``prompt``,
+Row shape (``state="done"``): the ``metadata.jsonl`` record of one image
+(:func:`batchgen.store.outputs.metadata_record`: ``file_name``, ``job_id``, ``index`` (the
+image's place in its task's result: a task that returned k images gives k rows), ``prompt``,
 the other body fields, ``model``, ``task_id``, ``sha256``, ``width``,
 ``height``, ``bytes``, ``submitted_at``, ``finished_at``) plus ``run`` (the run
 directory).  ``file_name`` is relative to ``relative_to`` when given, else to
@@ -30,7 +31,7 @@ from typing import IO, Any, Literal
 from batchgen.reports.status import open_readonly_db
 from batchgen.store.lock import acquire_run_lock
 from batchgen.store.outputs import metadata_record, open_atomic, rebuild_metadata
-from batchgen.store.records import DONE, JobRecord
+from batchgen.store.records import DONE, ImageRecord, JobRecord
 from batchgen.store.schema import state_path
 from batchgen.store.state import StateStore
 
@@ -46,7 +47,7 @@ __all__ = [
 ]
 
 ExportState = Literal["done", "all"]
-_FIXED_HEAD = ("file_name", "job_id", "prompt")
+_FIXED_HEAD = ("file_name", "job_id", "index", "prompt")
 _FIXED_TAIL = (
     "model",
     "task_id",
@@ -99,12 +100,19 @@ def _file_name(run_dir: Path, result_path: str, relative_to: Path | None) -> str
     return os.path.relpath(run_dir / result_path, relative_to)
 
 
-def _row(job: JobRecord, run_dir: Path, relative_to: Path | None, state: str) -> dict[str, Any]:
-    record = metadata_record(job)
-    if job.state == DONE and job.result_path:
-        record["file_name"] = _file_name(run_dir, job.result_path, relative_to)
+def _row(
+    job: JobRecord,
+    image: ImageRecord | None,
+    run_dir: Path,
+    relative_to: Path | None,
+    state: str,
+) -> dict[str, Any]:
+    record = metadata_record(job, image)
+    if job.state == DONE and image is not None:
+        record["file_name"] = _file_name(run_dir, image.path, relative_to)
     else:
         record["file_name"] = None
+        record["index"] = None
     record["run"] = str(run_dir)
     if state == "all":
         record["state"] = job.state
@@ -143,10 +151,13 @@ def export_rows(
                     stats.duplicates += 1
                     continue
                 seen.add(job.job_id)
-                if job.state == DONE and not job.result_path:
+                if job.state != DONE:
+                    stats.rows += 1
+                    yield _row(job, None, run_dir, relative_to, state)
                     continue
-                stats.rows += 1
-                yield _row(job, run_dir, relative_to, state)
+                for image in store.job_images(job.job_id):
+                    stats.rows += 1
+                    yield _row(job, image, run_dir, relative_to, state)
 
 
 def export_columns(

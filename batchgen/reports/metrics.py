@@ -109,6 +109,11 @@ def render_metrics(
         [(_labels({**base, "state": s}), report.counts.get(s, 0)) for s in ALL_STATES],
     )
     counters = [
+        (
+            "batchgen_images_done_total",
+            "Images downloaded and recorded, of done jobs (a task may return several).",
+            report.images.get("done", 0),
+        ),
         ("batchgen_submissions_total", "Submit requests sent.", report.submissions),
         ("batchgen_retries_total", "Attempts that failed and were tried again.", report.retries),
         ("batchgen_rate_limited_total", "Submits answered 429.", report.rate_limited),

@@ -39,6 +39,7 @@ from batchgen.errors import ExitCode
 from batchgen.reports.reasons import failure_reason
 from batchgen.store.errors import StateError
 from batchgen.store.lock import LOCK_NAME
+from batchgen.store.queries import image_counts
 from batchgen.store.records import ALL_STATES
 from batchgen.store.run_dirs import missing_run_error
 from batchgen.store.schema import check_version, connect_readonly, state_path
@@ -198,6 +199,9 @@ class StatusReport:
     sessions: int
     last_exit_code: int | None
     settings: dict[str, Any] = field(default_factory=dict)
+    images: dict[str, int] = field(default_factory=lambda: {"done": 0, "partial": 0})
+    """Images on disk and recorded: ``done`` (of done jobs; a task may return several) and
+    ``partial`` (of jobs not done: still downloading the rest, or failed after some)."""
 
     @property
     def finished(self) -> int:
@@ -379,6 +383,7 @@ def status_report(run: Path, *, examples: int = 3, now: float | None = None) -> 
             "SELECT MAX(finished_at) FROM jobs WHERE state = 'done'"
         ).fetchone()[0]
         failures = _failure_groups(conn, examples)
+        images = image_counts(conn)
         events = _event_counts(conn)
         started, ended, active, sessions, last_code = _session_times(conn, now, lock.held)
     if sessions == 0 and events["first_at"] is not None:
@@ -386,8 +391,7 @@ def status_report(run: Path, *, examples: int = 3, now: float | None = None) -> 
         started = events["first_at"]
         ended = None if lock.held else events["last_at"]
         active = (now if lock.held else events["last_at"]) - events["first_at"]
-    done = counts.get("done", 0)
-    ipm = done / active * 60.0 if active > 0 else 0.0
+    ipm = images["done"] / active * 60.0 if active > 0 else 0.0
     public_settings = {k: v for k, v in settings.items() if "key" not in k.lower()}
     return StatusReport(
         run_dir=str(run_dir),
@@ -417,6 +421,7 @@ def status_report(run: Path, *, examples: int = 3, now: float | None = None) -> 
         sessions=sessions,
         last_exit_code=last_code,
         settings=public_settings,
+        images=images,
     )
 
 
@@ -489,6 +494,12 @@ def format_status(report: StatusReport, *, failed_only: bool = False) -> str:
         lines.append(f"jobs: {r.total} total; " + (", ".join(parts) if parts else "none"))
         if r.left:
             lines.append(f"  {r.left} not finished yet")
+        done_images = r.images.get("done", 0)
+        partial = r.images.get("partial", 0)
+        lines.append(
+            f"images: {done_images} image{'s' if done_images != 1 else ''} of done jobs"
+            + (f", {partial} more on disk of jobs not done" if partial else "")
+        )
         if r.not_in_manifest:
             lines.append(f"  {r.not_in_manifest} no longer in the manifest (left as they are)")
         lines.append(

@@ -209,6 +209,9 @@ class SimulatorConfig:
     download_bytes_per_second: float | None = None
     """Slow downloads: stream result files at this many bytes per real second."""
     download_chunk_size: int = 65536
+    download_latency: float = 0.0
+    """Real seconds each result file waits before its first byte is sent (slow result
+    downloads: lets a test kill a run between two downloads of one job)."""
 
     def __post_init__(self) -> None:
         for name in (
@@ -244,6 +247,7 @@ class SimulatorConfig:
             "download_bytes_per_second must be > 0",
         )
         _check(self.download_chunk_size >= 1, "download_chunk_size must be >= 1")
+        _check(self.download_latency >= 0, "download_latency must be >= 0")
         unknown = set(self.fault_routes) - set(FAULT_ROUTES)
         _check(not unknown, f"unknown fault routes: {sorted(unknown)}")
         _check(self.api_key != "", "api_key must be non-empty, or None to accept any request")

@@ -3,10 +3,11 @@
 A download goes to ``images/.<job_id>.<pid>.tmp`` through an :class:`ImageFile`,
 which checks it from the bytes written (length, magic bytes, complete trailer:
 PNG ``IEND``, JPEG ``FFD9``, WEBP RIFF size); :meth:`OutputDir.commit` fsyncs it,
-renames it to ``images/<job_id>.<ext>`` and fsyncs the directory, once for a
-whole batch of images.  ``metadata.jsonl`` gets one line per finished image, in the shape
-the ``datasets`` library's ``imagefolder`` builder loads (``file_name`` relative
-to the run directory); it can always be rebuilt from the state file
+renames it to ``images/<job_id>.<ext>`` (``images/<job_id>-<i>.<ext>``, i from 0, when the
+task returned several images) and fsyncs the directory, once for a whole batch of images.
+``metadata.jsonl`` gets one line per image of a done job, in the shape the ``datasets``
+library's ``imagefolder`` builder loads (``file_name`` relative to the run directory, then
+``job_id`` and the image's ``index``); it can always be rebuilt from the state file
 (:func:`rebuild_metadata`).  Nothing is ever written outside the run directory:
 job IDs and formats are validated first.
 """
@@ -25,7 +26,8 @@ from pathlib import Path
 from typing import IO, Any, Literal
 
 from batchgen.errors import BatchgenError
-from batchgen.store.records import DONE, JobRecord, ResultInfo
+from batchgen.store.queries import legacy_image
+from batchgen.store.records import DONE, ImageRecord, JobRecord, ResultInfo
 from batchgen.store.state import StateStore
 
 __all__ = [
@@ -36,6 +38,7 @@ __all__ = [
     "OutputDir",
     "check_image",
     "check_image_bytes",
+    "image_file_stem",
     "metadata_record",
     "open_atomic",
     "rebuild_metadata",
@@ -181,20 +184,33 @@ def _iso(ts: float | None) -> str | None:
     return _dt.datetime.fromtimestamp(ts, _dt.timezone.utc).isoformat(timespec="milliseconds")
 
 
-def metadata_record(job: JobRecord) -> dict[str, Any]:
-    """The ``metadata.jsonl`` line of a done job (``file_name`` first, as imagefolder wants)."""
-    record: dict[str, Any] = {"file_name": job.result_path, "job_id": job.job_id}
+def image_file_stem(job_id: str, index: int | None) -> str:
+    """The file name (without extension) of a job's image: ``<job_id>`` for a task's only
+    image (``index`` ``None``), else ``<job_id>-<index>``."""
+    _check_job_id(job_id)
+    return job_id if index is None else f"{job_id}-{int(index)}"
+
+
+def metadata_record(job: JobRecord, image: ImageRecord | None = None) -> dict[str, Any]:
+    """The ``metadata.jsonl`` line of one image of a done job (``file_name`` first, as
+    imagefolder wants); without ``image``, the image the job's own row records."""
+    image = image if image is not None else legacy_image(job)
+    record: dict[str, Any] = {
+        "file_name": image.path if image else job.result_path,
+        "job_id": job.job_id,
+        "index": image.index if image else 0,
+    }
     record["prompt"] = job.body.get("prompt")
     for key, value in job.body.items():
         record.setdefault(key, value)
     record.update(
         {
             "model": job.model,
-            "task_id": job.task_id,
-            "sha256": job.sha256,
-            "width": job.width,
-            "height": job.height,
-            "bytes": job.bytes,
+            "task_id": (image.task_id if image else None) or job.task_id,
+            "sha256": image.sha256 if image else job.sha256,
+            "width": image.width if image else job.width,
+            "height": image.height if image else job.height,
+            "bytes": image.bytes if image else job.bytes,
             "submitted_at": _iso(job.submitted_at),
             "finished_at": _iso(job.finished_at),
         }
@@ -222,8 +238,10 @@ class ImageFile:
     under its final name; :meth:`discard` removes it.
     """
 
-    def __init__(self, job_id: str, path: str) -> None:
+    def __init__(self, job_id: str, path: str, index: int | None = None) -> None:
         self.job_id = _check_job_id(job_id)
+        self.index = index
+        self.stem = image_file_stem(job_id, index)
         self.path = path
         self.size = 0
         self._head = bytearray()
@@ -250,7 +268,7 @@ class ImageFile:
             bytes(self._head), self._tail, self.size, expected_bytes=expected_bytes
         )
         return ResultInfo(
-            result_path=f"{IMAGES_DIR}/{self.job_id}.{EXTENSIONS[info.format]}",
+            result_path=f"{IMAGES_DIR}/{self.stem}.{EXTENSIONS[info.format]}",
             sha256=sha256,
             bytes=info.bytes,
             format=info.format,
@@ -314,7 +332,7 @@ class OutputDir:
                 removed_tmp += 1
         rebuilt = 0
         if store is not None:
-            done = store.done_result_paths()
+            done = store.done_result_paths()  # recorded images, also of jobs not done yet
             for name in names:
                 stem, _, ext = name.rpartition(".")
                 if ext not in _EXTS or not _JOB_ID_RE.fullmatch(stem):
@@ -323,7 +341,7 @@ class OutputDir:
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(self.images / name)
                     removed_stray += 1
-            if self._metadata_lines() != len(done):
+            if self._metadata_lines() != store.image_counts()["done"]:
                 rebuilt = rebuild_metadata(store, self.run_dir)
         return {"temp_files": removed_tmp, "stray_images": removed_stray, "rebuilt": rebuilt}
 
@@ -338,17 +356,20 @@ class OutputDir:
         return data.count(b"\n")
 
     # -------------------------------------------------------------- downloads
-    def temp_path(self, job_id: str) -> Path:
-        """The temporary download file of ``job_id`` for this process."""
-        return self.images / self._temp_name(job_id)
+    def temp_path(self, job_id: str, index: int | None = None) -> Path:
+        """The temporary download file of ``job_id`` (image ``index``) for this process."""
+        return self.images / self._temp_name(job_id, index)
 
-    def _temp_name(self, job_id: str) -> str:
-        return f".{_check_job_id(job_id)}.{self._pid}.tmp"
+    def _temp_name(self, job_id: str, index: int | None) -> str:
+        return f".{image_file_stem(job_id, index)}.{self._pid}.tmp"
 
-    def new_image(self, job_id: str) -> ImageFile:
-        """A fresh temporary file (mode 0600) for the download of ``job_id``."""
+    def new_image(self, job_id: str, index: int | None = None) -> ImageFile:
+        """A fresh temporary file (mode 0600) for the download of ``job_id``: its only image
+        (``index`` ``None``) or image ``index`` of several."""
         # Plain strings: a pathlib join per image cost more than the file's creation in Python.
-        return ImageFile(job_id, os.path.join(self._images_str, self._temp_name(job_id)))
+        return ImageFile(
+            job_id, os.path.join(self._images_str, self._temp_name(job_id, index)), index
+        )
 
     def commit(self, images: Sequence[tuple[ImageFile, ResultInfo]]) -> list[OSError | None]:
         """Make checked downloads durable under their final names; blocks (run it off the loop).
@@ -386,13 +407,17 @@ class OutputDir:
         return self._dir_fd
 
     # --------------------------------------------------------------- metadata
-    def append_metadata(self, job: JobRecord) -> None:
-        """Append the line of a done job to ``metadata.jsonl`` (written through at once: a
-        process kill loses nothing; :meth:`sync` / :meth:`close` fsync it)."""
+    def append_metadata(self, job: JobRecord, images: Sequence[ImageRecord] = ()) -> None:
+        """Append the lines of a done job, one per image (default: the one its row records), to
+        ``metadata.jsonl`` in one write (written through at once: a process kill loses
+        nothing; :meth:`sync` / :meth:`close` fsync it)."""
         if self._meta is None:
             fd = os.open(self.metadata_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
             self._meta = os.fdopen(fd, "ab", buffering=0)
-        self._meta.write(_line(metadata_record(job)))
+        if images:
+            self._meta.write(b"".join(_line(metadata_record(job, image)) for image in images))
+        else:
+            self._meta.write(_line(metadata_record(job)))
         self._unsynced += 1
 
     def sync(self) -> None:
@@ -443,8 +468,8 @@ def rebuild_metadata(store: StateStore, run_dir: Path) -> int:
     n = 0
     with open_atomic(run_dir / METADATA_NAME, "wb", perms=0o600) as f:
         for job in store.iter_jobs([DONE]):
-            if job.result_path:
-                f.write(_line(metadata_record(job)))
+            for image in store.job_images(job.job_id):
+                f.write(_line(metadata_record(job, image)))
                 n += 1
     _fsync_dir(run_dir)
     return n

@@ -11,15 +11,64 @@ from typing import Any
 from batchgen.store.errors import StateError
 from batchgen.store.records import (
     ALL_STATES,
+    SELECT_IMAGES,
     SELECT_JOBS,
     SELECT_ROWID,
     Event,
+    ImageRecord,
     JobRecord,
     row_to_record,
 )
 from batchgen.store.schema import Transaction
 
-__all__ = ["JobQueries"]
+__all__ = ["JobQueries", "has_images_table", "image_counts", "legacy_image"]
+
+
+def has_images_table(conn: sqlite3.Connection) -> bool:
+    """Whether the file has the ``images`` table (a read-only view of a version-1 file, not
+    migrated yet, has not: its done jobs' rows hold their one image)."""
+    found = conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'images'"
+    ).fetchone()
+    return found is not None
+
+
+def image_counts(conn: sqlite3.Connection) -> dict[str, int]:
+    """Recorded images: ``done`` (of done jobs) and ``partial`` (durable images of jobs not
+    done: a multi-image job interrupted between downloads, or one that failed after some of
+    its images)."""
+    if not has_images_table(conn):
+        n = conn.execute(
+            "SELECT COUNT(*) FROM jobs WHERE state = 'done' AND result_path IS NOT NULL"
+        ).fetchone()[0]
+        return {"done": int(n), "partial": 0}
+    out = {"done": 0, "partial": 0}
+    for done, n in conn.execute(
+        "SELECT j.state = 'done', COUNT(*) FROM images i JOIN jobs j USING (job_id)"
+        " GROUP BY j.state = 'done'"
+    ):
+        out["done" if done else "partial"] += int(n)
+    return out
+
+
+def legacy_image(job: JobRecord) -> ImageRecord | None:
+    """The one image a done job's own row records (version-1 files), else ``None``."""
+    if job.state != "done" or not job.result_path or not job.sha256:
+        return None
+    return ImageRecord(
+        job_id=job.job_id,
+        index=0,
+        task_id=job.task_id,
+        url=None,
+        path=job.result_path,
+        sha256=job.sha256,
+        bytes=job.bytes or 0,
+        width=job.width,
+        height=job.height,
+        format=job.format or "",
+        state="done",
+        recorded_at=job.finished_at or job.updated_at,
+    )
 
 
 class JobQueries:
@@ -98,13 +147,34 @@ class JobQueries:
         return out
 
     def done_result_paths(self) -> set[str]:
-        """The result files (``images/<id>.<ext>``) of every done job."""
-        return {
+        """Every recorded image file (``images/<id>.<ext>``, ``images/<id>-<i>.<ext>``): the
+        images of done jobs and those already durable of jobs still downloading."""
+        paths = {
             r[0]
             for r in self._conn.execute(
                 "SELECT result_path FROM jobs WHERE state = 'done' AND result_path IS NOT NULL"
             )
         }
+        if self._has_images():
+            paths.update(r[0] for r in self._conn.execute("SELECT path FROM images"))
+        return paths
+
+    def _has_images(self) -> bool:
+        return has_images_table(self._conn)
+
+    def job_images(self, job_id: str) -> list[ImageRecord]:
+        """The recorded images of ``job_id``, by index (a version-1 file: its one image)."""
+        if self._has_images():
+            rows = self._conn.execute(
+                f"{SELECT_IMAGES} WHERE job_id = ? ORDER BY idx", (job_id,)
+            ).fetchall()
+            return [ImageRecord(*row) for row in rows]
+        job = self.get(job_id)
+        return [image for image in [legacy_image(job)] if image is not None]
+
+    def image_counts(self) -> dict[str, int]:
+        """Recorded images (see :func:`image_counts`)."""
+        return image_counts(self._conn)
 
     def job_ids(self) -> set[str]:
         """Every job ID in the file."""

@@ -16,6 +16,7 @@ __all__ = [
     "TERMINAL_STATES",
     "TRANSITIONS",
     "Event",
+    "ImageRecord",
     "JobLike",
     "JobRecord",
     "ResultInfo",
@@ -152,6 +153,59 @@ class ResultInfo:
     format: str
     width: int | None = None
     height: int | None = None
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """One row of the ``images`` table: an image of a job, durable on disk under ``path``
+    (relative to the run directory).  ``index`` is the image's place in the task's result
+    (0 for a task's only image); ``url`` is where it was downloaded from (``None`` for an image
+    recorded before the table existed)."""
+
+    job_id: str
+    index: int
+    task_id: str | None
+    url: str | None
+    path: str
+    sha256: str
+    bytes: int
+    width: int | None
+    height: int | None
+    format: str
+    state: str
+    recorded_at: float
+
+
+IMAGE_COLUMNS = (
+    "job_id, idx, task_id, url, path, sha256, bytes, width, height, format, state, recorded_at"
+)
+SELECT_IMAGES = f"SELECT {IMAGE_COLUMNS} FROM images"
+#: Parameters: job_id, index, job_id (for its task_id), url, path, sha256, bytes, width,
+#: height, format, recorded_at.  A recorded image is never replaced: it is durable, and its
+#: row keeps the task it came from.
+INSERT_IMAGE = (
+    f"INSERT OR IGNORE INTO images({IMAGE_COLUMNS}) VALUES"
+    " (?, ?, (SELECT task_id FROM jobs WHERE job_id = ?), ?, ?, ?, ?, ?, ?, ?, 'done', ?)"
+)
+
+
+def image_params(
+    job_id: str, index: int, url: str | None, result: ResultInfo, now: float
+) -> tuple[Any, ...]:
+    """The parameters of :data:`INSERT_IMAGE` for one durable image."""
+    return (
+        job_id,
+        index,
+        job_id,
+        url,
+        result.result_path,
+        result.sha256,
+        result.bytes,
+        result.width,
+        result.height,
+        result.format,
+        now,
+    )
 
 
 @dataclass(frozen=True)

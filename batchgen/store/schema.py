@@ -8,7 +8,7 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ from batchgen.store.errors import NoStateFile, StateError, StateVersionError, St
 
 __all__ = [
     "DB_NAME",
+    "MIGRATIONS",
     "SCHEMA_VERSION",
     "Transaction",
     "check_version",
@@ -25,7 +26,9 @@ __all__ = [
     "state_path",
 ]
 
-SCHEMA_VERSION = 1
+#: The layout version this batchgen writes.  An older file is migrated on open for writing
+#: (:data:`MIGRATIONS`); a newer one is refused.
+SCHEMA_VERSION = 2
 DB_NAME = "state.db"
 
 SCHEMA_SQL = """
@@ -66,6 +69,21 @@ CREATE TABLE IF NOT EXISTS events (
     detail     TEXT
 );
 CREATE INDEX IF NOT EXISTS events_job ON events(job_id);
+CREATE TABLE IF NOT EXISTS images (
+    job_id      TEXT NOT NULL,
+    idx         INTEGER NOT NULL,
+    task_id     TEXT,
+    url         TEXT,
+    path        TEXT NOT NULL,
+    sha256      TEXT NOT NULL,
+    bytes       INTEGER NOT NULL,
+    width       INTEGER,
+    height      INTEGER,
+    format      TEXT NOT NULL,
+    state       TEXT NOT NULL DEFAULT 'done',
+    recorded_at REAL NOT NULL,
+    PRIMARY KEY (job_id, idx)
+);
 CREATE TABLE IF NOT EXISTS sessions (
     id         INTEGER PRIMARY KEY AUTOINCREMENT,
     pid        INTEGER NOT NULL,
@@ -75,6 +93,24 @@ CREATE TABLE IF NOT EXISTS sessions (
     summary    TEXT
 );
 """
+
+
+def _migrate_images(c: sqlite3.Connection) -> None:
+    """Version 2: one ``images`` row per durable image.  A version-1 file recorded one image
+    per done job in the job row itself: copy it as that job's image 0."""
+    c.execute(
+        "INSERT OR IGNORE INTO images(job_id, idx, task_id, url, path, sha256, bytes, width,"
+        " height, format, state, recorded_at)"
+        " SELECT job_id, 0, task_id, NULL, result_path, sha256, bytes, width, height, format,"
+        " 'done', COALESCE(finished_at, updated_at) FROM jobs"
+        " WHERE state = 'done' AND result_path IS NOT NULL AND sha256 IS NOT NULL"
+    )
+
+
+#: ``MIGRATIONS[v]`` brings a file of version ``v - 1`` to ``v``, after the tables of
+#: :data:`SCHEMA_SQL` exist; each one is self-contained and idempotent, and they run in
+#: version order inside the transaction that opens the file.
+MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {2: _migrate_images}
 
 
 def state_path(run: Path) -> Path:
@@ -168,15 +204,17 @@ def init_schema(conn: sqlite3.Connection, path: Path, settings: Mapping[str, Any
         has_meta = c.execute(
             "SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'"
         ).fetchone()
-        if has_meta:
-            check_version(conn, path)
+        stored_version = check_version(conn, path) if has_meta else SCHEMA_VERSION
         for statement in SCHEMA_SQL.split(";"):
             if statement.strip():
                 c.execute(statement)
+        for version in sorted(MIGRATIONS):
+            if stored_version < version <= SCHEMA_VERSION:
+                MIGRATIONS[version](c)
         now = time.time()
         c.execute(
-            "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)",
-            (str(SCHEMA_VERSION),),
+            "INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', ?)",
+            (str(max(stored_version, SCHEMA_VERSION)),),
         )
         c.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('created_at', ?)", (str(now),))
         row = c.execute("SELECT value FROM meta WHERE key='settings'").fetchone()
@@ -195,8 +233,9 @@ def init_schema(conn: sqlite3.Connection, path: Path, settings: Mapping[str, Any
         raise
 
 
-def check_version(conn: sqlite3.Connection, path: Path) -> None:
-    """Raise :class:`StateError` unless ``conn`` is a state file this batchgen can read."""
+def check_version(conn: sqlite3.Connection, path: Path) -> int:
+    """The schema version of ``conn``'s state file; raise :class:`StateError` unless it is a
+    state file this batchgen can read."""
     try:
         row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
     except sqlite3.DatabaseError as exc:
@@ -209,3 +248,4 @@ def check_version(conn: sqlite3.Connection, path: Path) -> None:
             f"state file {path} has schema version {version}, newer than this "
             f"batchgen understands ({SCHEMA_VERSION}); upgrade batchgen to use it"
         )
+    return version

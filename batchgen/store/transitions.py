@@ -18,6 +18,7 @@ from batchgen.store.records import (
     EXPIRED,
     FAILED,
     FROM_STATES,
+    INSERT_IMAGE,
     INSERT_JOB,
     PENDING,
     REJECTED,
@@ -28,6 +29,7 @@ from batchgen.store.records import (
     JobRecord,
     ResultInfo,
     SyncResult,
+    image_params,
     row_to_record,
 )
 
@@ -128,8 +130,10 @@ class JobTransitions(JobQueries):
         attempts_delta: int,
         *,
         full: bool,
+        also: tuple[str, tuple[Any, ...]] | None = None,
     ) -> tuple[int, JobRecord | None]:
-        """:meth:`_move`; with ``full`` also the job's row as it is after the move."""
+        """:meth:`_move`; with ``full`` also the job's row as it is after the move; ``also``
+        is one more statement (SQL, parameters) run in the same transaction."""
         allowed = FROM_STATES[to_state]
         now = time.time()
         with self._tx() as c:
@@ -139,6 +143,8 @@ class JobTransitions(JobQueries):
             from_state, attempts = (row[5], row[6]) if full else row
             if from_state not in allowed:
                 raise IllegalTransition(f"job {job_id}: {from_state} -> {to_state} is not allowed")
+            if also is not None:
+                c.execute(*also)
             attempts = max(attempts + attempts_delta, 0)
             fields = {"state": to_state, "updated_at": now, "attempts": attempts, **(sets or {})}
             assign = ", ".join(f"{k} = ?" for k in fields)
@@ -175,8 +181,24 @@ class JobTransitions(JobQueries):
         """running → downloading: the task succeeded."""
         return self._move(job_id, DOWNLOADING, detail)
 
-    def mark_done(self, job_id: str, result: ResultInfo) -> JobRecord:
-        """downloading → done with the checked file's facts; returns the job as recorded."""
+    def record_image(self, job_id: str, index: int, url: str | None, result: ResultInfo) -> None:
+        """Record one durable image of a job that is still downloading (its task returned
+        several): a resumed run downloads only the images not recorded yet."""
+        with self._tx() as c:
+            c.execute(INSERT_IMAGE, image_params(job_id, index, url, result, time.time()))
+
+    def mark_done(
+        self,
+        job_id: str,
+        result: ResultInfo,
+        *,
+        image: tuple[int, str | None, ResultInfo] | None = None,
+    ) -> JobRecord:
+        """downloading → done; returns the job as recorded.  ``result`` (the job's first image)
+        goes into the job's row; ``image`` — ``(index, url, facts)``, by default ``(0, None,
+        result)`` — is recorded in the ``images`` table in the same transaction: the last image
+        of the job, the others already recorded by :meth:`record_image`."""
+        index, url, last = image if image is not None else (0, None, result)
         _, job = self._move_job(
             job_id,
             DONE,
@@ -193,6 +215,7 @@ class JobTransitions(JobQueries):
             },
             0,
             full=True,
+            also=(INSERT_IMAGE, image_params(job_id, index, url, last, time.time())),
         )
         return cast(JobRecord, job)  # full=True: never None
 
