@@ -18,6 +18,7 @@ from typing import Any
 from batchgen.manifest.catalogue import ModelSchema, load_model
 from batchgen.manifest.diagnostics import Diagnostic
 from batchgen.manifest.expand import Rule, Template, iter_combos, render_value
+from batchgen.manifest.pricing import PriceBook
 from batchgen.manifest.prompts_file import PromptRows
 from batchgen.manifest.types import Job, Limits, encode_canonical, identity_view
 from batchgen.manifest.yaml_reader import PathT
@@ -146,6 +147,8 @@ class Manifest:
     """Every prompts file the manifest read (resolved paths, in group order, no repeats)."""
     input_files: list[Path] = field(default_factory=list)
     """Every local input image the bodies refer to (resolved paths, no repeats)."""
+    prices: PriceBook = field(default_factory=PriceBook)
+    """The manifest's ``prices:`` over the models' list prices."""
     _groups: list[CompiledGroup] = field(default_factory=list, repr=False)
 
     @property

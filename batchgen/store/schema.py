@@ -16,6 +16,7 @@ from batchgen.store.errors import NoStateFile, StateError, StateVersionError, St
 
 __all__ = [
     "DB_NAME",
+    "MIGRATIONS",
     "SCHEMA_VERSION",
     "Transaction",
     "check_version",
@@ -25,8 +26,28 @@ __all__ = [
     "state_path",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DB_NAME = "state.db"
+
+#: Version 2: one row per submission the provider may bill (accepted, or outcome unknown),
+#: with the estimated price in force when it was sent (:mod:`batchgen.store.spend`).
+SPEND_SQL = """
+CREATE TABLE IF NOT EXISTS submissions (
+    id      INTEGER PRIMARY KEY,
+    job_id  TEXT NOT NULL,
+    model   TEXT NOT NULL,
+    at      REAL NOT NULL,
+    outcome TEXT NOT NULL,
+    task_id TEXT,
+    usd     REAL,
+    images  INTEGER NOT NULL DEFAULT 1
+);
+CREATE INDEX IF NOT EXISTS submissions_job ON submissions(job_id);
+"""
+
+#: Version -> the SQL that brings a file of the version before it up to it.  Run in order, in
+#: the transaction that opens the file for writing; each statement must be idempotent.
+MIGRATIONS: dict[int, str] = {2: SPEND_SQL}
 
 SCHEMA_SQL = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -168,14 +189,14 @@ def init_schema(conn: sqlite3.Connection, path: Path, settings: Mapping[str, Any
         has_meta = c.execute(
             "SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'"
         ).fetchone()
-        if has_meta:
-            check_version(conn, path)
-        for statement in SCHEMA_SQL.split(";"):
-            if statement.strip():
-                c.execute(statement)
+        version = check_version(conn, path) if has_meta else SCHEMA_VERSION
+        _execute_script(c, SCHEMA_SQL)
+        for target in sorted(MIGRATIONS):
+            if target > version or not has_meta:
+                _execute_script(c, MIGRATIONS[target])
         now = time.time()
         c.execute(
-            "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)",
+            "INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', ?)",
             (str(SCHEMA_VERSION),),
         )
         c.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('created_at', ?)", (str(now),))
@@ -195,8 +216,15 @@ def init_schema(conn: sqlite3.Connection, path: Path, settings: Mapping[str, Any
         raise
 
 
-def check_version(conn: sqlite3.Connection, path: Path) -> None:
-    """Raise :class:`StateError` unless ``conn`` is a state file this batchgen can read."""
+def _execute_script(c: sqlite3.Connection, script: str) -> None:
+    for statement in script.split(";"):
+        if statement.strip():
+            c.execute(statement)
+
+
+def check_version(conn: sqlite3.Connection, path: Path) -> int:
+    """Raise :class:`StateError` unless ``conn`` is a state file this batchgen can read;
+    return its schema version (older ones are migrated when opened for writing)."""
     try:
         row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
     except sqlite3.DatabaseError as exc:
@@ -209,3 +237,4 @@ def check_version(conn: sqlite3.Connection, path: Path) -> None:
             f"state file {path} has schema version {version}, newer than this "
             f"batchgen understands ({SCHEMA_VERSION}); upgrade batchgen to use it"
         )
+    return version

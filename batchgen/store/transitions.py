@@ -6,8 +6,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, cast
 
 from batchgen.store.errors import IllegalTransition
@@ -115,9 +116,14 @@ class JobTransitions(JobQueries):
         detail: str | None,
         sets: Mapping[str, Any] | None = None,
         attempts_delta: int = 0,
+        *,
+        also: Callable[[sqlite3.Connection], None] | None = None,
     ) -> int:
-        """Move one job and append its event in one transaction; returns its attempts."""
-        return self._move_job(job_id, to_state, detail, sets, attempts_delta, full=False)[0]
+        """Move one job and append its event in one transaction (``also`` writes more in that
+        transaction); returns its attempts."""
+        return self._move_job(
+            job_id, to_state, detail, sets, attempts_delta, full=False, also=also
+        )[0]
 
     def _move_job(
         self,
@@ -128,6 +134,7 @@ class JobTransitions(JobQueries):
         attempts_delta: int,
         *,
         full: bool,
+        also: Callable[[sqlite3.Connection], None] | None = None,
     ) -> tuple[int, JobRecord | None]:
         """:meth:`_move`; with ``full`` also the job's row as it is after the move."""
         allowed = FROM_STATES[to_state]
@@ -148,6 +155,8 @@ class JobTransitions(JobQueries):
                 " VALUES (?, ?, ?, ?, ?)",
                 (job_id, now, from_state, to_state, detail),
             )
+            if also is not None:
+                also(c)
         if not full:
             return int(attempts), None
         return int(attempts), dataclasses.replace(row_to_record(row), **fields)
@@ -162,13 +171,21 @@ class JobTransitions(JobQueries):
             attempts_delta=1,
         )
 
-    def mark_running(self, job_id: str, task_id: str, poll_url: str | None) -> int:
+    def mark_running(
+        self,
+        job_id: str,
+        task_id: str,
+        poll_url: str | None,
+        *,
+        also: Callable[[sqlite3.Connection], None] | None = None,
+    ) -> int:
         """submitting → running: records the task_id, committed before the task is used."""
         return self._move(
             job_id,
             RUNNING,
             f"task_id={task_id}",
             {"task_id": task_id, "poll_url": poll_url, "last_error": None},
+            also=also,
         )
 
     def mark_downloading(self, job_id: str, detail: str | None = None) -> int:
