@@ -196,12 +196,16 @@ class Manifest:
                     job_id = sha(f"{prefix}{r}".encode()).hexdigest()[:16]
                     yield Job(job_id, model, body if r == 0 else dict(body), r, path)
 
-    def run_dir(self, today: datetime.date) -> Path:
+    def run_dir(self, today: datetime.date, override: str | Path | None = None) -> Path:
         """The run directory for a run started on ``today``.
 
         ``output`` (with ``{name}`` and ``{date}``) resolves relative to the manifest's
         folder; without it, ``output/{name}-{date}`` relative to the current directory.
+        ``override`` (``--output``, same placeholders) resolves relative to the current
+        directory.
         """
+        if override is not None:
+            return Path(str(override).format(name=self.name, date=today.isoformat()))
         template = self.output if self.output is not None else DEFAULT_OUTPUT
         text = template.format(name=self.name, date=today.isoformat())
         path = Path(text).expanduser()
