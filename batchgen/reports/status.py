@@ -37,6 +37,7 @@ from typing import Any
 
 from batchgen.errors import ExitCode
 from batchgen.reports.reasons import failure_reason
+from batchgen.reports.spend import format_spend, spend_summary
 from batchgen.store.errors import StateError
 from batchgen.store.lock import LOCK_NAME
 from batchgen.store.records import ALL_STATES
@@ -198,6 +199,8 @@ class StatusReport:
     sessions: int
     last_exit_code: int | None
     settings: dict[str, Any] = field(default_factory=dict)
+    spend: dict[str, Any] = field(default_factory=dict)
+    """:func:`batchgen.reports.spend.spend_summary`."""
 
     @property
     def finished(self) -> int:
@@ -381,6 +384,7 @@ def status_report(run: Path, *, examples: int = 3, now: float | None = None) -> 
         failures = _failure_groups(conn, examples)
         events = _event_counts(conn)
         started, ended, active, sessions, last_code = _session_times(conn, now, lock.held)
+        spend = spend_summary(conn)
     if sessions == 0 and events["first_at"] is not None:
         # Jobs run through the library without sessions: the span of the recorded events.
         started = events["first_at"]
@@ -417,6 +421,7 @@ def status_report(run: Path, *, examples: int = 3, now: float | None = None) -> 
         sessions=sessions,
         last_exit_code=last_code,
         settings=public_settings,
+        spend=spend,
     )
 
 
@@ -507,6 +512,8 @@ def format_status(report: StatusReport, *, failed_only: bool = False) -> str:
                 f"  {r.unknown_submits} jobs were being submitted when a run stopped: their task "
                 "may exist remotely; the next run submits them again"
             )
+        if r.spend:
+            lines.extend(format_spend(r.spend))
         lines.append(
             f"throughput: {r.images_per_minute:.1f} images/min; "
             f"last image {_when(r.last_success_at)}"
