@@ -81,9 +81,7 @@ def test_an_unknown_price_is_null_never_zero(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     path = tmp_path / "k.yaml"
-    path.write_text(
-        "version: 1\nmodel: kling/kling-v2.1-t2i\njobs:\n  - prompt: a fox\n"
-    )
+    path.write_text("version: 1\nmodel: kling/kling-v2.1-t2i\njobs:\n  - prompt: a fox\n")
     doc = plan_json(path, capsys)
     assert doc["estimated_cost_usd"] is None
     assert doc["bill"]["unpriced_models"] == ["kling/kling-v2.1-t2i"]
@@ -215,7 +213,16 @@ def test_a_plan_over_max_tasks_refuses_naming_the_flag(
     sim = Simulator(sim_config())
     with serve_in_thread(sim) as url:
         code = main(
-            ["run", str(path), "--base-url", url, "--output", str(tmp_path / "r"), "--max-tasks", "20"]
+            [
+                "run",
+                str(path),
+                "--base-url",
+                url,
+                "--output",
+                str(tmp_path / "r"),
+                "--max-tasks",
+                "20",
+            ]
         )
     assert code == 3
     assert sim.stats()["submissions"]["total"] == 0
@@ -320,6 +327,16 @@ def test_status_shows_the_balance_at_start_and_end_and_the_spend(
     text = capsys.readouterr().out
     assert "estimated spend $0.045" in text
     assert "balance $12.35 at start" in text
+    metrics = (run_dir / "metrics.prom").read_text()
+    assert 'batchgen_submissions_accepted_total{run="spend",model="openai/gpt-image-1.5"} 5' in (
+        metrics
+    )
+    assert 'batchgen_estimated_spend_usd{run="spend",model="openai/gpt-image-1.5"} 0.045' in (
+        metrics
+    )
+    assert main(["export", str(run_dir), "--cost"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [row["estimated_cost_usd"] for row in rows] == [pytest.approx(0.009)] * 5
 
 
 # --- the ledger -----------------------------------------------------------------------------

@@ -66,6 +66,9 @@ SIMULATE_TIME_SCALE = 0.1
 #: The run settings' key of the fingerprint of the manifest the jobs were last synced from.
 FINGERPRINT_KEY = "manifest_fingerprint"
 
+#: The account balance (USD) of the `--simulate` provider.
+SIMULATE_BALANCE = 100.0
+
 
 class SessionError(BatchgenError):
     """A run cannot start; ``exit_code`` says how the command line should exit."""
@@ -412,7 +415,10 @@ def _make_client(
 
         from batchgen.simulator.app import Simulator, SimulatorConfig  # noqa: PLC0415
 
-        config = SimulatorConfig(time_scale=SIMULATE_TIME_SCALE, seed=int(time.time()))
+        # The demo account holds enough for every shipped manifest (the default is 12.3456 USD).
+        config = SimulatorConfig(
+            time_scale=SIMULATE_TIME_SCALE, seed=int(time.time()), account_balance=SIMULATE_BALANCE
+        )
         sim = Simulator(config)
         return ModellixClient(
             base_url,
