@@ -166,9 +166,8 @@ def test_worst_case_matches_a_brute_force_count(
 ) -> None:
     builder = BillBuilder(PriceBook(), retries=retries)
     expected = 0
-    for i, (state, attempts) in enumerate(jobs):
-        if state is None:
-            attempts = 0
+    for i, (state, used) in enumerate(jobs):
+        attempts = 0 if state is None else used
         builder.add("openai/gpt-image-1.5", {"prompt": f"p{i}"}, state, attempts)
         if state not in ("done", "failed", "rejected"):
             expected += brute_force_billed(retries, attempts, depth=2 * (retries + 2))
