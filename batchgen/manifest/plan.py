@@ -46,8 +46,8 @@ def build_plan(
 
     The bill (:mod:`batchgen.manifest.bill`): ``new_jobs``, ``done_jobs``,
     ``new_expected_images``, ``max_billable_submissions``, ``estimated_cost_usd`` and
-    ``worst_case_cost_usd`` (None when a price is unknown), also in each ``by_model`` entry,
-    and the whole of it under ``bill``.  ``known`` maps the job IDs already in the run
+    ``worst_case_cost_usd`` (None when a price is unknown), and the whole of it, by model
+    too, under ``bill``.  ``known`` maps the job IDs already in the run
     directory to their ``(state, attempts)``; ``retries`` overrides the manifest's.
     """
     bill = BillBuilder(
@@ -128,12 +128,7 @@ def build_plan(
         "worst_case_cost_usd": costs["worst_case_cost_usd"],
         "bill": costs,
         "by_model": {
-            model: {
-                **costs["by_model"][model],
-                "jobs": count,
-                "expected_images": images[model],
-                "new_expected_images": costs["by_model"][model]["expected_images"],
-            }
+            model: {"jobs": count, "expected_images": images[model]}
             for model, count in by_model.items()
         },
         "by_field": by_field,
