@@ -21,7 +21,7 @@ from batchgen.manifest.pricing import PriceBook
 from batchgen.run.session import RunRequest, run_session
 from batchgen.simulator.app import Simulator, serve_in_thread
 from batchgen.store.state import StateStore
-from tests.runhelpers import SIM_KEY, sim_config
+from tests.runhelpers import FAST_TIMES, SIM_KEY, sim_config
 
 
 def write_manifest(
@@ -49,21 +49,10 @@ def write_manifest(
     return path
 
 
-FAST = {
-    "first_poll": 0.02,
-    "min_poll_interval": 0.01,
-    "max_poll_interval": 0.2,
-    "backoff_base": 0.01,
-    "backoff_cap": 0.05,
-    "throttle_pause": 0.01,
-    "progress_interval": 0.05,
-}
-
-
 def run_fast(path: Path, url: str, out: Path, **kw: Any) -> int:
     """``batchgen run`` through the library, over loopback, with short poll and backoff times."""
     req = RunRequest(
-        target=path, base_url=url, output=out, options=dict(FAST), progress_bar=False, **kw
+        target=path, base_url=url, output=out, options=dict(FAST_TIMES), progress_bar=False, **kw
     )
     try:
         summary = asyncio.run(run_session(req, environ={"MODELLIX_API_KEY": SIM_KEY}))
@@ -210,6 +199,19 @@ def test_worst_case_is_what_a_run_where_every_task_fails_pays(
     assert sim.stats()["submissions"]["accepted"] == worst == 16
 
 
+def refused_before_submitting(
+    path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], *flags: str
+) -> str:
+    """Run ``path`` over loopback; assert exit 3 with no submission received; return stderr."""
+    sim = Simulator(sim_config())
+    with serve_in_thread(sim) as url:
+        out = str(tmp_path / "r")
+        code = main(["run", str(path), "--base-url", url, "--output", out, *flags])
+    assert code == 3
+    assert sim.stats()["submissions"]["total"] == 0
+    return capsys.readouterr().err
+
+
 # --- the ceilings ---------------------------------------------------------------------------
 
 
@@ -217,12 +219,7 @@ def test_a_plan_over_max_cost_refuses_before_the_first_submission(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], key_env: None
 ) -> None:
     path = write_manifest(tmp_path, 5000, quality="high", limits=", max_cost: 10")
-    sim = Simulator(sim_config())
-    with serve_in_thread(sim) as url:
-        code = main(["run", str(path), "--base-url", url, "--output", str(tmp_path / "r")])
-    assert code == 3
-    assert sim.stats()["submissions"]["total"] == 0
-    err = capsys.readouterr().err
+    err = refused_before_submitting(path, tmp_path, capsys)
     assert "$665.00" in err
     assert "limits.max_cost" in err
     assert "--max-cost" in err
@@ -232,23 +229,8 @@ def test_a_plan_over_max_tasks_refuses_naming_the_flag(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], key_env: None
 ) -> None:
     path = write_manifest(tmp_path, 30)
-    sim = Simulator(sim_config())
-    with serve_in_thread(sim) as url:
-        code = main(
-            [
-                "run",
-                str(path),
-                "--base-url",
-                url,
-                "--output",
-                str(tmp_path / "r"),
-                "--max-tasks",
-                "20",
-            ]
-        )
-    assert code == 3
-    assert sim.stats()["submissions"]["total"] == 0
-    assert "--max-tasks" in capsys.readouterr().err
+    err = refused_before_submitting(path, tmp_path, capsys, "--max-tasks", "20")
+    assert "--max-tasks" in err
 
 
 def test_max_tasks_stops_retries_and_raising_it_finishes_the_jobs(
@@ -316,12 +298,7 @@ def test_a_balance_below_the_estimate_refuses_with_both_figures(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], key_env: None
 ) -> None:
     path = write_manifest(tmp_path, 100, quality="high")  # $13.30 > $12.35
-    sim = Simulator(sim_config())
-    with serve_in_thread(sim) as url:
-        code = main(["run", str(path), "--base-url", url, "--output", str(tmp_path / "r")])
-    assert code == 3
-    assert sim.stats()["submissions"]["total"] == 0
-    err = capsys.readouterr().err
+    err = refused_before_submitting(path, tmp_path, capsys)
     assert "$13.30" in err
     assert "$12.35" in err
 
