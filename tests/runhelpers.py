@@ -36,18 +36,21 @@ def make_jobs(n: int, *, tag: str = "fox") -> list[Job]:
     return jobs
 
 
+#: RunOptions times scaled for a simulator running at a small time scale.
+FAST_TIMES: dict[str, float] = {
+    "first_poll": 0.02,
+    "min_poll_interval": 0.01,
+    "max_poll_interval": 0.2,
+    "backoff_base": 0.01,
+    "backoff_cap": 0.05,
+    "throttle_pause": 0.01,
+    "progress_interval": 0.05,
+}
+
+
 def fast_options(**kw: Any) -> RunOptions:
     """Options scaled for a simulator running at a small time scale."""
-    base: dict[str, Any] = {
-        "first_poll": 0.02,
-        "min_poll_interval": 0.01,
-        "max_poll_interval": 0.2,
-        "backoff_base": 0.01,
-        "backoff_cap": 0.05,
-        "throttle_pause": 0.01,
-        "progress_interval": 0.05,
-        "seed": 1,
-    }
+    base: dict[str, Any] = {**FAST_TIMES, "seed": 1}
     base.update(kw)
     return RunOptions(**base)
 

@@ -24,6 +24,7 @@ from batchgen.reports.status import format_status, status_report
 from batchgen.simulator.app import Latency, Simulator, serve_in_thread
 from batchgen.store.outputs import OutputDir, check_image
 from batchgen.store.records import ResultInfo
+from batchgen.store.schema import SCHEMA_VERSION
 from batchgen.store.state import StateError, StateStore
 from tests.runhelpers import SIM_KEY, in_process_client, run_in_dir, sim_config
 from tests.simhelpers import FakeClock
@@ -210,6 +211,7 @@ def test_a_version_1_state_file_is_migrated_with_its_images(tmp_path: Path) -> N
         store.mark_done(job.job_id, ResultInfo(f"images/{job.job_id}.png", "ab" * 32, 99, "png"))
     conn = sqlite3.connect(tmp_path / "state.db")  # back to the layout of version 1
     conn.execute("DROP TABLE images")
+    conn.execute("DROP TABLE submissions")
     conn.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
     conn.commit()
     conn.close()
@@ -220,7 +222,9 @@ def test_a_version_1_state_file_is_migrated_with_its_images(tmp_path: Path) -> N
         (image,) = store.job_images(job.job_id)
     assert (image.index, image.task_id, image.sha256, image.bytes) == (0, "task-x", "ab" * 32, 99)
     conn = sqlite3.connect(tmp_path / "state.db")
-    assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("2",)
+    version = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    assert version == (str(SCHEMA_VERSION),)
+    assert conn.execute("SELECT COUNT(*) FROM submissions").fetchone() == (0,)
     conn.close()
 
 

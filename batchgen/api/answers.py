@@ -41,6 +41,7 @@ __all__ = [
     "TaskState",
     "TaskStatus",
     "Writable",
+    "balance_from",
     "checked_data",
     "error_for_status",
     "loads",
@@ -63,7 +64,7 @@ _FAILED_STATUSES = frozenset({"failed", "error", "canceled", "cancelled"})
 _MESSAGE_CHARS = 500
 
 TaskState = Literal["running", "success", "failed"]
-Operation = Literal["submit", "poll", "download"]
+Operation = Literal["submit", "poll", "download", "balance"]
 
 
 @dataclass(frozen=True)
@@ -418,6 +419,27 @@ def checked_data(
             ambiguous=op == "submit",
         )
     return data
+
+
+def balance_from(http_status: int, headers: Mapping[str, str], payload: Any) -> float:
+    """The account balance (USD) of a 2xx ``GET /api/v1/team/balance`` answer
+    (``{"code": 0, "data": {"balance": 12.3456}}``); a number given as text is accepted."""
+    data = checked_data("balance", http_status, headers, payload)
+    value = data.get("balance")
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            value = None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        shown = sanitize(str(data.get("balance")), 40)
+        raise ProtocolError(
+            f"balance: HTTP {http_status}: answer has no usable data.balance ({shown!r})",
+            http_status=http_status,
+            operation="balance",
+            retryable=False,
+        )
+    return float(value)
 
 
 def submitted_from(

@@ -44,6 +44,7 @@ from batchgen.api.answers import (
     Submitted,
     TaskStatus,
     Writable,
+    balance_from,
     error_for_status,
     loads,
     parse_retry_after,
@@ -82,6 +83,8 @@ __all__ = ["MAX_REDIRECTS", "ModellixClient"]
 logger = logging.getLogger(__name__)
 
 MAX_REDIRECTS = 3
+#: Where the provider reports the account balance (its official CLI calls it).
+BALANCE_PATH = "/api/v1/team/balance"
 
 _SUBMIT_PATH_RE = re.compile(r"/[A-Za-z0-9._~/@+-]*")
 
@@ -291,6 +294,21 @@ class ModellixClient:
         """
         try:
             return await self._download(url, file)
+        except ApiError as exc:
+            exc._scrub(self._key.reveal() if self._key else None)
+            raise
+
+    async def balance(self) -> float:
+        """GET the account balance (USD) from ``/api/v1/team/balance``.
+
+        Raises :class:`NotFound` when the provider has no such endpoint, and the other
+        :class:`ApiError`\\ s (the caller decides whether a missing balance matters).
+        """
+        try:
+            http_status, headers, payload = await self._call_json(
+                "balance", "GET", self._api_url(BALANCE_PATH)
+            )
+            return balance_from(http_status, headers, payload)
         except ApiError as exc:
             exc._scrub(self._key.reveal() if self._key else None)
             raise

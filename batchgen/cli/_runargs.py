@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import signal
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -76,6 +77,46 @@ def add_limit_arguments(parser: argparse.ArgumentParser, *, max_runtime_help: st
         "most one accepted task; raise it for a slow submit round trip)",
     )
     parser.add_argument("--max-runtime", type=duration, metavar="T", help=max_runtime_help)
+    parser.add_argument(
+        "--max-tasks",
+        type=positive_int,
+        metavar="N",
+        help="billable submissions of the run directory at most, every attempt and resume "
+        "counted (overrides limits.max_tasks)",
+    )
+    parser.add_argument(
+        "--max-cost",
+        type=usd_amount,
+        metavar="USD",
+        help="estimated spend of the run directory at most (overrides limits.max_cost)",
+    )
+    parser.add_argument(
+        "--yes",
+        action="store_true",
+        help="run more than 1,000 new tasks without a ceiling and without asking",
+    )
+
+
+def usd_amount(text: str) -> float:
+    """Argument type: an amount of USD above zero ("25", "7.50", "$10")."""
+    try:
+        value = float(text.strip().lstrip("$").replace(",", ""))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an amount of USD: {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be more than zero: {text!r}")
+    return value
+
+
+def ask_on_terminal(question: str) -> bool:
+    """Ask ``question`` on the terminal (stdin a tty); False under cron or on no answer."""
+    if not sys.stdin.isatty():
+        return False
+    try:
+        answer = input(f"{question}. Go ahead? [y/N] ")
+    except EOFError:
+        return False
+    return answer.strip().lower() in ("y", "yes")
 
 
 def add_log_format_argument(parser: argparse.ArgumentParser) -> None:
@@ -99,6 +140,10 @@ def run_request(args: argparse.Namespace, target: Path, **extra: Any) -> RunRequ
         timeout=args.timeout,
         submits_in_flight=args.submits_in_flight,
         max_runtime=args.max_runtime,
+        max_tasks=args.max_tasks,
+        max_cost=args.max_cost,
+        yes=args.yes,
+        confirm=ask_on_terminal,
         progress_bar=None if args.log_format == "text" else False,
         **extra,
     )

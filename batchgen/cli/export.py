@@ -40,6 +40,11 @@ def add_parser(subparsers: Any) -> None:
         default="done",
         help="done: one row per image (default); all: every job, with its state and last error",
     )
+    parser.add_argument(
+        "--cost",
+        action="store_true",
+        help="add estimated_cost_usd: the job's billable submissions (every attempt) per image",
+    )
     parser.add_argument("--output", "-o", metavar="FILE", help="write here (atomically)")
     parser.add_argument(
         "--relative-to", metavar="DIR", help="folder that file_name paths are relative to"
@@ -61,9 +66,9 @@ def _rebuild(runs: list[Path]) -> int:
 
 def _write(args: argparse.Namespace, runs: list[Path], out: IO[str], rel: Path) -> ExportStats:
     stats = ExportStats()
-    rows = export_rows(runs, state=args.state, relative_to=rel, stats=stats)
+    rows = export_rows(runs, state=args.state, relative_to=rel, stats=stats, cost=args.cost)
     if args.format == "csv":
-        write_csv(rows, out, export_columns(runs, state=args.state))
+        write_csv(rows, out, export_columns(runs, state=args.state, cost=args.cost))
     else:
         write_jsonl(rows, out)
     return stats

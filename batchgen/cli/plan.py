@@ -6,6 +6,7 @@ import argparse
 import datetime
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 from batchgen.cli._runargs import positive_int
@@ -14,6 +15,8 @@ from batchgen.errors import ExitCode
 from batchgen.manifest.diagnostics import Diagnostic, ManifestError
 from batchgen.manifest.loader import load_manifest
 from batchgen.manifest.plan import build_plan, format_plan
+from batchgen.store.errors import StateError
+from batchgen.store.state import StateStore
 
 
 def add_parser(subparsers: Any) -> None:
@@ -28,16 +31,40 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument(
         "--samples", type=positive_int, default=3, metavar="N", help="sample bodies to show"
     )
+    parser.add_argument(
+        "--output",
+        metavar="DIR",
+        help="the run directory, as for `batchgen run` ({name} and {date} are filled in); "
+        "jobs already done there are not billed again",
+    )
     add_max_jobs(parser)
     add_schemas(parser)
     parser.set_defaults(handler=handle)
+
+
+def known_jobs(run_dir: Path) -> dict[str, tuple[str, int]]:
+    """``job_id -> (state, attempts)`` of the jobs already in ``run_dir`` (none when it has
+    no readable state file)."""
+    try:
+        with StateStore.open_readonly(run_dir) as store:
+            return {job.job_id: (job.state, job.attempts) for job in store.iter_jobs()}
+    except StateError:
+        return {}
 
 
 def handle(args: argparse.Namespace) -> int:
     """Print the plan, or the manifest's errors (exit 2)."""
     try:
         manifest = load_manifest(args.manifest, max_jobs=args.max_jobs)
-        plan = build_plan(manifest, today=datetime.date.today(), samples=args.samples)
+        today = datetime.date.today()
+        run_dir = manifest.run_dir(today, args.output)
+        plan = build_plan(
+            manifest,
+            today=today,
+            samples=args.samples,
+            known=known_jobs(run_dir),
+            run_dir=run_dir,
+        )
     except ManifestError as exc:
         diagnostics = exc.diagnostics
     except Exception as exc:  # last resort: a message, never a traceback

@@ -33,6 +33,8 @@ LIMIT_KEYS = (
     "timeout",
     "resubmit_unknown",
     "submits_in_flight",
+    "max_tasks",
+    "max_cost",
 )
 _ERRORS_PER_KIND = 5
 # Hints for keys new users reach for.
@@ -179,10 +181,15 @@ def parse_limits(ctx: Ctx, raw: Any) -> Limits:
         kpath = (*path, key)
         if key not in LIMIT_KEYS:
             unknown_key(ctx, kpath, key, LIMIT_KEYS, "limits")
-        elif key in ("concurrency", "retries", "submits_in_flight"):
+        elif key in ("concurrency", "retries", "submits_in_flight", "max_tasks"):
             number = int_field(ctx, kpath, value, 0 if key == "retries" else 1, key)
             if number is not None:
                 values[key] = number
+        elif key == "max_cost":
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                ctx.error(kpath, f"max_cost is {type_name(value)}", expected="USD, e.g. 25 or 7.5")
+            else:
+                values[key] = float(value)
         elif key in _PARSED_LIMITS:
             parse, expected = _PARSED_LIMITS[key]
             try:

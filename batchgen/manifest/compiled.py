@@ -18,6 +18,7 @@ from typing import Any
 from batchgen.manifest.catalogue import ModelSchema, load_model
 from batchgen.manifest.diagnostics import Diagnostic
 from batchgen.manifest.expand import Rule, Template, iter_combos, render_value
+from batchgen.manifest.pricing import PriceBook
 from batchgen.manifest.prompts_file import PromptRows
 from batchgen.manifest.types import Job, Limits, encode_canonical, identity_view
 from batchgen.manifest.yaml_reader import PathT
@@ -146,6 +147,8 @@ class Manifest:
     """Every prompts file the manifest read (resolved paths, in group order, no repeats)."""
     input_files: list[Path] = field(default_factory=list)
     """Every local input image the bodies refer to (resolved paths, no repeats)."""
+    prices: PriceBook = field(default_factory=PriceBook)
+    """The manifest's ``prices:`` over the models' list prices."""
     _groups: list[CompiledGroup] = field(default_factory=list, repr=False)
 
     @property
@@ -193,12 +196,16 @@ class Manifest:
                     job_id = sha(f"{prefix}{r}".encode()).hexdigest()[:16]
                     yield Job(job_id, model, body if r == 0 else dict(body), r, path)
 
-    def run_dir(self, today: datetime.date) -> Path:
+    def run_dir(self, today: datetime.date, override: str | Path | None = None) -> Path:
         """The run directory for a run started on ``today``.
 
         ``output`` (with ``{name}`` and ``{date}``) resolves relative to the manifest's
         folder; without it, ``output/{name}-{date}`` relative to the current directory.
+        ``override`` (``--output``, same placeholders) resolves relative to the current
+        directory.
         """
+        if override is not None:
+            return Path(str(override).format(name=self.name, date=today.isoformat()))
         template = self.output if self.output is not None else DEFAULT_OUTPUT
         text = template.format(name=self.name, date=today.isoformat())
         path = Path(text).expanduser()

@@ -43,6 +43,7 @@ from batchgen.manifest.expansion_checks import ExpansionChecks
 from batchgen.manifest.group_sources import GROUP_KEYS, GroupSources
 from batchgen.manifest.inputs import InputChecker
 from batchgen.manifest.model_matrix import refused_field, split_by_model
+from batchgen.manifest.pricing import parse_prices
 from batchgen.manifest.types import Job, Limits, canonical_json, job_id_for
 from batchgen.manifest.units import parse_duration, parse_rate
 from batchgen.manifest.yaml_reader import PathT, load_yaml, path_text
@@ -62,7 +63,7 @@ __all__ = [
 ]
 
 DEFAULT_MAX_JOBS = 1_000_000
-TOP_KEYS = ("version", "name", "model", "output", "limits", "defaults", "jobs")
+TOP_KEYS = ("version", "name", "model", "output", "limits", "prices", "defaults", "jobs")
 
 
 def manifest_keys() -> dict[str, tuple[str, ...]]:
@@ -147,6 +148,7 @@ class _Loader(GroupSources, ExpansionChecks):
             name = "manifest"
         output = check_output(ctx, data.get("output"))
         limits = parse_limits(ctx, data.get("limits"))
+        prices = parse_prices(ctx, data.get("prices"))
         default_model = None
         if "model" in data:
             schema = resolve_model(ctx, ("model",), data["model"])
@@ -165,6 +167,7 @@ class _Loader(GroupSources, ExpansionChecks):
             output=output,
             default_model=default_model,
             defaults=defaults,
+            prices=prices,
         )
         if ctx.failed:
             ctx.summarize()

@@ -5,9 +5,12 @@ from __future__ import annotations
 import datetime
 import json
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
+from batchgen.manifest.bill import BillBuilder, format_bill
 from batchgen.manifest.compiled import Manifest
 from batchgen.manifest.diagnostics import short
 from batchgen.manifest.modelspec import ModelSpec, expected_images, model_spec
@@ -23,7 +26,15 @@ def _value_key(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
 
 
-def build_plan(manifest: Manifest, *, today: datetime.date, samples: int = 3) -> dict[str, Any]:
+def build_plan(
+    manifest: Manifest,
+    *,
+    today: datetime.date,
+    samples: int = 3,
+    known: Mapping[str, tuple[str, int]] | None = None,
+    retries: int | None = None,
+    run_dir: Path | None = None,
+) -> dict[str, Any]:
     """Expand every job once and summarise it as a JSON-ready dict.
 
     Keys: ``manifest``, ``name``, ``total_jobs``, ``expected_images`` (images the jobs
@@ -32,7 +43,17 @@ def build_plan(manifest: Manifest, *, today: datetime.date, samples: int = 3) ->
     ``by_field`` (per body field: ``values`` counts, or ``distinct`` when there are
     many), ``duplicates`` (identical bodies that would run more than once without
     ``repeat``), ``run_dir``, ``limits``, ``samples`` and ``warnings``.
+
+    The bill (:mod:`batchgen.manifest.bill`): ``new_jobs``, ``done_jobs``,
+    ``new_expected_images``, ``max_billable_submissions``, ``estimated_cost_usd`` and
+    ``worst_case_cost_usd`` (None when a price is unknown), and the whole of it, by model
+    too, under ``bill``.  ``known`` maps the job IDs already in the run
+    directory to their ``(state, attempts)``; ``retries`` overrides the manifest's.
     """
+    bill = BillBuilder(
+        manifest.prices, retries=manifest.limits.retries if retries is None else retries
+    )
+    known = known or {}
     by_model: Counter[str] = Counter()
     images: Counter[str] = Counter()
     specs: dict[str, ModelSpec] = {}
@@ -52,6 +73,8 @@ def build_plan(manifest: Manifest, *, today: datetime.date, samples: int = 3) ->
         if spec is None:
             spec = specs[job.model] = model_spec(job.model)
         images[job.model] += expected_images(spec, job.body)
+        state, attempts = known.get(job.job_id, (None, 0))
+        bill.add(job.model, job.body, state, attempts)
         for name, value in job.body.items():
             counter = fields.setdefault(name, Counter())
             if name in overflow:
@@ -90,12 +113,20 @@ def build_plan(manifest: Manifest, *, today: datetime.date, samples: int = 3) ->
             }
         else:
             by_field[name] = {"values": dict(counter.most_common())}
+    costs = bill.bill()
     return {
         "manifest": str(manifest.path),
         "name": manifest.name,
         "total_jobs": total,
         "expected_images": sum(images.values()),
         "by_group": manifest.group_counts(),
+        "new_jobs": costs["new_jobs"],
+        "done_jobs": costs["done_jobs"],
+        "new_expected_images": costs["expected_images"],
+        "max_billable_submissions": costs["max_billable_submissions"],
+        "estimated_cost_usd": costs["estimated_cost_usd"],
+        "worst_case_cost_usd": costs["worst_case_cost_usd"],
+        "bill": costs,
         "by_model": {
             model: {"jobs": count, "expected_images": images[model]}
             for model, count in by_model.items()
@@ -105,7 +136,7 @@ def build_plan(manifest: Manifest, *, today: datetime.date, samples: int = 3) ->
             "bodies": duplicate_jobs,
             "examples": duplicate_examples,
         },
-        "run_dir": str(manifest.run_dir(today)),
+        "run_dir": str(run_dir if run_dir is not None else manifest.run_dir(today)),
         "limits": asdict(manifest.limits),
         "samples": sample_jobs,
         "warnings": [d.to_dict() for d in manifest.warnings],
@@ -123,6 +154,7 @@ def format_plan(plan: dict[str, Any]) -> str:
     ]
     limits = plan["limits"]
     lines.append("limits:   " + ", ".join(f"{k}={v}" for k, v in limits.items()))
+    lines += format_bill(plan["bill"])
     lines.append("")
     lines.append("by group:")
     lines += [f"  {group:<12} {count:>10,}" for group, count in plan["by_group"].items()]

@@ -39,6 +39,8 @@ class Limits:
     timeout: float = 1800.0  # seconds per task from submit to end ("30m", "90s", "2h")
     resubmit_unknown: bool = True  # resubmit a submit whose outcome is unknown
     submits_in_flight: int = 1  # submit requests awaiting their answer at once (kill window)
+    max_tasks: int | None = None  # accepted submissions of the run directory, every attempt
+    max_cost: float | None = None  # estimated USD of the run directory's accepted submissions
 
 
 @dataclass(frozen=True)

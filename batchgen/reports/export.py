@@ -14,7 +14,9 @@ the other body fields, ``model``, ``task_id``, ``sha256``, ``width``,
 directory).  ``file_name`` is relative to ``relative_to`` when given, else to
 its run directory (as in ``metadata.jsonl``).  ``state="all"`` adds every job
 that is not done, once per job ID, with ``state``, ``attempts`` and
-``last_error`` columns (and an empty ``file_name``).
+``last_error`` columns (and an empty ``file_name``).  ``cost=True`` adds
+``estimated_cost_usd``: what the job's billable submissions (every attempt) are estimated to
+have cost, per image of its result; empty when a price is unknown.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import contextlib
 import csv
 import json
 import os
+import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,12 +124,28 @@ def _row(
     return record
 
 
+def _costs_per_image(store: StateStore) -> dict[str, float | None]:
+    """job_id -> estimated USD per image of its billable submissions (None: unknown)."""
+    out: dict[str, float | None] = {}
+    try:
+        rows = store._conn.execute(
+            "SELECT job_id, SUM(COALESCE(usd, 0)), SUM(usd IS NULL), MAX(images)"
+            " FROM submissions GROUP BY job_id"
+        ).fetchall()
+    except sqlite3.OperationalError:  # a state file from before the spend ledger
+        return out
+    for job_id, total, unpriced, images in rows:
+        out[job_id] = None if unpriced else round(float(total) / max(int(images or 1), 1), 6)
+    return out
+
+
 def export_rows(
     runs: Path | str | Sequence[Path | str],
     *,
     state: ExportState = "done",
     relative_to: Path | None = None,
     stats: ExportStats | None = None,
+    cost: bool = False,
 ) -> Iterator[dict[str, Any]]:
     """The table's rows, one per image (``done``) or one per job (``all``), over ``runs``.
 
@@ -141,6 +160,7 @@ def export_rows(
     for i, run in enumerate(paths):
         run_dir = _run_dir(run)
         with StateStore.open_readonly(run) as store:
+            costs = _costs_per_image(store) if cost else {}
             for job in store.iter_jobs([DONE] if state == "done" else None):
                 first = owner.get(job.job_id)
                 if first is not None:
@@ -157,11 +177,14 @@ def export_rows(
                     continue
                 for image in store.job_images(job.job_id):
                     stats.rows += 1
-                    yield _row(job, image, run_dir, relative_to, state)
+                    row = _row(job, image, run_dir, relative_to, state)
+                    if cost:
+                        row["estimated_cost_usd"] = costs.get(job.job_id)
+                    yield row
 
 
 def export_columns(
-    runs: Path | str | Sequence[Path | str], *, state: ExportState = "done"
+    runs: Path | str | Sequence[Path | str], *, state: ExportState = "done", cost: bool = False
 ) -> list[str]:
     """The CSV header: ``file_name, job_id, prompt``, every body field (in first-seen order),
     then the fixed columns."""
@@ -177,6 +200,8 @@ def export_columns(
             conn.close()
     head = list(_FIXED_HEAD)
     tail = list(_FIXED_TAIL) + (list(_ALL_EXTRA) if state == "all" else [])
+    if cost:
+        tail.append("estimated_cost_usd")
     middle = [k for k in fields if k not in head and k not in tail]
     return head + middle + tail
 

@@ -126,6 +126,20 @@ def render_metrics(
     ]
     for name, help_text, value in counters:
         metric(name, "counter", help_text, [(_labels(base), value)])
+    spend = report.spend
+    by_model = spend.get("by_model", {})
+    metric(
+        "batchgen_submissions_accepted_total",
+        "counter",
+        "Submissions the provider accepted (billed), every session of the run directory.",
+        [(_labels({**base, "model": m}), v["accepted"]) for m, v in by_model.items()],
+    )
+    metric(
+        "batchgen_estimated_spend_usd",
+        "gauge",
+        "Estimated USD of the billable submissions (accepted and ambiguous) at known prices.",
+        [(_labels({**base, "model": m}), v["estimated_usd"]) for m, v in by_model.items()],
+    )
     name = "batchgen_task_duration_seconds"
     samples = [
         (_labels({**base, "quantile": f"{q:g}"}), _quantile(durations, q)) for q in QUANTILES

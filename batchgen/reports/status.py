@@ -37,6 +37,7 @@ from typing import Any
 
 from batchgen.errors import ExitCode
 from batchgen.reports.reasons import failure_reason
+from batchgen.reports.spend import format_spend, spend_summary
 from batchgen.store.errors import StateError
 from batchgen.store.lock import LOCK_NAME
 from batchgen.store.queries import image_counts
@@ -202,6 +203,8 @@ class StatusReport:
     images: dict[str, int] = field(default_factory=lambda: {"done": 0, "partial": 0})
     """Images on disk and recorded: ``done`` (of done jobs; a task may return several) and
     ``partial`` (of jobs not done: still downloading the rest, or failed after some)."""
+    spend: dict[str, Any] = field(default_factory=dict)
+    """:func:`batchgen.reports.spend.spend_summary`."""
 
     @property
     def finished(self) -> int:
@@ -386,6 +389,7 @@ def status_report(run: Path, *, examples: int = 3, now: float | None = None) -> 
         images = image_counts(conn)
         events = _event_counts(conn)
         started, ended, active, sessions, last_code = _session_times(conn, now, lock.held)
+        spend = spend_summary(conn)
     if sessions == 0 and events["first_at"] is not None:
         # Jobs run through the library without sessions: the span of the recorded events.
         started = events["first_at"]
@@ -422,6 +426,7 @@ def status_report(run: Path, *, examples: int = 3, now: float | None = None) -> 
         last_exit_code=last_code,
         settings=public_settings,
         images=images,
+        spend=spend,
     )
 
 
@@ -518,6 +523,8 @@ def format_status(report: StatusReport, *, failed_only: bool = False) -> str:
                 f"  {r.unknown_submits} jobs were being submitted when a run stopped: their task "
                 "may exist remotely; the next run submits them again"
             )
+        if r.spend:
+            lines.extend(format_spend(r.spend))
         lines.append(
             f"throughput: {r.images_per_minute:.1f} images/min; "
             f"last image {_when(r.last_success_at)}"

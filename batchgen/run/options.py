@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from batchgen.manifest.pricing import PriceBook
 from batchgen.run.progress import Progress
 
 __all__ = ["LimitsLike", "RunOptions"]
@@ -28,6 +29,10 @@ class LimitsLike(Protocol):
     def resubmit_unknown(self) -> bool: ...
     @property
     def submits_in_flight(self) -> int: ...
+    @property
+    def max_tasks(self) -> int | None: ...
+    @property
+    def max_cost(self) -> float | None: ...
 
 
 @dataclass
@@ -67,3 +72,6 @@ class RunOptions:
     None: never."""
     seed: int | None = None
     """Seed of the backoff jitter (tests)."""
+    prices: PriceBook | None = None
+    """Prices of the tasks (the manifest's ``prices:`` over the list prices) for the spend
+    ledger and ``limits.max_cost``; default: the models' list prices."""

@@ -27,6 +27,7 @@ from batchgen.run.submitting import Submits
 from batchgen.run.summary import RunSummary
 from batchgen.store.outputs import OutputDir
 from batchgen.store.records import ALL_STATES
+from batchgen.store.spend import ACCEPTED, AMBIGUOUS
 from batchgen.store.state import StateStore
 
 # RunOptions, RunSummary and LimitsLike are importable from here as before the split.
@@ -53,6 +54,7 @@ class Runner(Submits):
         self._run_deadline = deadline
         stop_event = self.opts.stop
         recovered = self.store.recover_submitting(resubmit=self.limits.resubmit_unknown)
+        self._start_ledger(recovered)
         self.summary.recovered_submitting = len(recovered)
         if recovered:
             logger.warning(
@@ -135,6 +137,7 @@ class Runner(Submits):
                     or self._submissions_stopped()
                     or (stop_event is not None and stop_event.is_set())
                     or self._pool_full()
+                    or not self._budget_allows(job)
                 ):
                     self._jobs.put_back(job)  # not taken: back to the front of the queue
                     continue
@@ -181,6 +184,18 @@ class Runner(Submits):
         if self.opts.metrics_interval is not None:
             await self._write_metrics(running=False, exit_code=s.exit_code)
         return s
+
+    def _start_ledger(self, recovered: list[str]) -> None:
+        """The guard starts from the state file's ledger; jobs a crash left in ``submitting``
+        may have been billed: each counts as an ambiguous submission."""
+        for job_id in recovered:
+            job = self.store.get(job_id)
+            charge = self._guard.charge(job.model, job.body)
+            self.store.record_submission(job_id, AMBIGUOUS, charge)
+        spend = self.store.spend()
+        self._guard.billed = spend[ACCEPTED] + spend[AMBIGUOUS]
+        self._guard.spent = spend["estimated_usd"]
+        self.store.update_spend_info({"stopped": None})
 
     async def _write_metrics(self, **kw: Any) -> None:
         """Write ``metrics.prom`` in a thread; a failure is logged, never fatal."""

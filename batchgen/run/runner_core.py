@@ -23,6 +23,7 @@ from typing import Any
 from batchgen.api import ModellixClient
 from batchgen.errors import ExitCode
 from batchgen.reports.reasons import failure_reason
+from batchgen.run.budget import SpendGuard
 from batchgen.run.durable import ImageCommitter
 from batchgen.run.job_source import JobSource
 from batchgen.run.options import LimitsLike, RunOptions
@@ -87,6 +88,9 @@ class RunnerCore:
         self._run_deadline: float | None = None  # monotonic end of max_runtime
         self._stop_code = 0
         self._throttle_streak = 0
+        self._guard = SpendGuard(
+            self.opts.prices, max_tasks=limits.max_tasks, max_cost=limits.max_cost
+        )
 
     # ---------------------------------------------------------------- helpers
     def _wake(self) -> None:

@@ -17,7 +17,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,10 +31,13 @@ from batchgen.api import (
     resolve_base_url,
 )
 from batchgen.errors import BatchgenError, ExitCode
+from batchgen.manifest.bill import format_bill
 from batchgen.manifest.compiled import Manifest
 from batchgen.manifest.loader import load_manifest
+from batchgen.manifest.pricing import PriceBook
 from batchgen.manifest.shard import Shard, filter_shard, shard_run_dir
 from batchgen.manifest.types import Limits
+from batchgen.run.preflight import check_balance, check_ceilings, check_default, store_bill
 from batchgen.run.progress import Progress
 from batchgen.run.runner import RunOptions, RunSummary, run_jobs
 from batchgen.store.errors import StateError
@@ -62,6 +65,9 @@ SIMULATE_TIME_SCALE = 0.1
 
 #: The run settings' key of the fingerprint of the manifest the jobs were last synced from.
 FINGERPRINT_KEY = "manifest_fingerprint"
+
+#: The account balance (USD) of the `--simulate` provider.
+SIMULATE_BALANCE = 100.0
 
 
 class SessionError(BatchgenError):
@@ -95,6 +101,14 @@ class RunRequest:
     today: _dt.date | None = None
     progress_bar: bool | None = None
     """A tqdm bar (``None``: only when stderr is a terminal)."""
+    max_tasks: int | None = None
+    """Override ``limits.max_tasks`` (accepted submissions of the run directory)."""
+    max_cost: float | None = None
+    """Override ``limits.max_cost`` (estimated USD of the run directory)."""
+    yes: bool = False
+    """Go ahead without a ceiling past :data:`batchgen.run.preflight.DEFAULT_CONFIRM_TASKS`."""
+    confirm: Callable[[str], bool] | None = None
+    """Asked (with the reason) when a run without a ceiling is large; None: refuse."""
     options: dict[str, Any] = field(default_factory=dict)
     """Extra :class:`batchgen.run.runner.RunOptions` fields."""
 
@@ -115,7 +129,15 @@ def _limits_from(stored: Mapping[str, Any] | None, base: Limits, req: RunRequest
         known = {f.name for f in dataclasses.fields(Limits)}
         limits = dataclasses.replace(base, **{k: v for k, v in stored.items() if k in known})
     changes: dict[str, Any] = {}
-    for name in ("concurrency", "rate", "retries", "timeout", "submits_in_flight"):
+    for name in (
+        "concurrency",
+        "rate",
+        "retries",
+        "timeout",
+        "submits_in_flight",
+        "max_tasks",
+        "max_cost",
+    ):
         value = getattr(req, name)
         if value is not None:
             changes[name] = value
@@ -140,11 +162,7 @@ async def run_session(
         t0 = time.perf_counter()
         manifest = load_manifest(manifest_path, max_jobs=req.max_jobs)
         logger.debug("manifest loaded in %.3fs", time.perf_counter() - t0)
-        if req.output is not None:
-            text = str(req.output).format(name=manifest.name, date=today.isoformat())
-            run_dir = Path(text)
-        else:
-            run_dir = manifest.run_dir(today)
+        run_dir = manifest.run_dir(today, req.output)
         run_dir = shard_run_dir(run_dir, req.shard)
     elif req.output is not None:
         raise SessionError("--output applies to a manifest, not to a run directory", ExitCode.USAGE)
@@ -246,6 +264,10 @@ async def _locked(
             "base_url": base_url,
             "simulate": simulate,
         }
+        prices = (
+            manifest.prices if manifest is not None else PriceBook.from_json(stored.get("prices"))
+        )
+        settings["prices"] = prices.to_json()
         if manifest is not None:
             settings.update(
                 {
@@ -271,8 +293,15 @@ async def _locked(
                 cleaned["stray_images"],
                 "rebuilt" if cleaned["rebuilt"] else "kept",
             )
+        bill = store_bill(store, prices, limits.retries)
+        logger.info(
+            "\n".join(format_bill(bill)),
+            extra={"data": {"event": "bill", **{k: v for k, v in bill.items() if k != "by_model"}}},
+        )
+        check_ceilings(store, bill, store.spend(), limits)
+        check_default(store, bill, limits, yes=req.yes, simulate=simulate, confirm=req.confirm)
         client = _make_client(simulate, base_url, limits, env)
-        options = RunOptions(max_runtime=req.max_runtime, stop=stop, **req.options)
+        options = RunOptions(max_runtime=req.max_runtime, stop=stop, prices=prices, **req.options)
         if simulate:
             options = dataclasses.replace(
                 options,
@@ -291,7 +320,12 @@ async def _locked(
         summary = RunSummary()
         try:
             async with client:
+                balance = None
+                if bill["new_jobs"]:
+                    balance = await check_balance(store, client, bill, key="balance_start")
                 summary = await run_jobs(store, client, limits, options=options, output=output)
+                if balance is not None:
+                    await check_balance(store, client, bill, key="balance_end")
         finally:
             try:
                 store.end_session(session_id, summary.exit_code, summary.as_dict())
@@ -381,7 +415,10 @@ def _make_client(
 
         from batchgen.simulator.app import Simulator, SimulatorConfig  # noqa: PLC0415
 
-        config = SimulatorConfig(time_scale=SIMULATE_TIME_SCALE, seed=int(time.time()))
+        # The demo account holds enough for every shipped manifest (the default is 12.3456 USD).
+        config = SimulatorConfig(
+            time_scale=SIMULATE_TIME_SCALE, seed=int(time.time()), account_balance=SIMULATE_BALANCE
+        )
         sim = Simulator(config)
         return ModellixClient(
             base_url,

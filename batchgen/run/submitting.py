@@ -34,6 +34,7 @@ from batchgen.errors import ExitCode
 from batchgen.manifest.inputs import materialize_body
 from batchgen.run.following import Follows
 from batchgen.store.records import JobRecord
+from batchgen.store.spend import AMBIGUOUS
 
 __all__ = ["Submits"]
 
@@ -63,8 +64,23 @@ class Submits(Follows):
         nxt = self._jobs.next()
         if not isinstance(nxt, JobRecord):
             return None
+        if not self._budget_allows(nxt):
+            self._jobs.put_back(nxt)
+            return None
         self._take_submit_turn()
         return nxt
+
+    def _budget_allows(self, job: JobRecord) -> bool:
+        """Reserve the job's submission within ``limits.max_tasks``/``max_cost``
+        (:class:`batchgen.run.budget.SpendGuard`); else stop submitting (exit 3), recording
+        why in the state file."""
+        reason = self._guard.reserve(job.job_id, job.model, job.body)
+        if reason is None:
+            return True
+        if self._stop_submitting is None:
+            self.store.update_spend_info({"stopped": reason})
+            self._stop(reason, ExitCode.STOPPED)
+        return False
 
     def _take_submit_turn(self) -> None:
         """A submit is about to go: a rate token, a slot and a submit in flight."""
@@ -99,15 +115,21 @@ class Submits(Follows):
                     self._submit_path(job.model), materialize_body(job.body)
                 )
             except RateLimited as exc:
+                self._guard.settle(job_id, job.model, job.body, billed=False)
                 self._on_throttled(job_id, exc, sent_at)
                 return False
             except ApiError as exc:
+                charge = self._guard.settle(job_id, job.model, job.body, billed=exc.ambiguous)
+                if exc.ambiguous:  # it may have created a billed task
+                    self.store.record_submission(job_id, AMBIGUOUS, charge)
                 self._on_submit_error(job_id, attempts, exc)
                 return False
             self._throttle_streak = 0
             self._aimd.on_success()
-            # The task_id is committed before anything else happens with the task.
-            self.store.mark_running(job_id, submitted.task_id, submitted.poll_url)
+            # The task_id (and the billed submission) is committed before anything else
+            # happens with the task.
+            charge = self._guard.settle(job_id, job.model, job.body, billed=True)
+            self.store.mark_running_charged(job_id, submitted.task_id, submitted.poll_url, charge)
             self._moved("submitting", "running")
             answering = False  # the task_id is committed: the next submit may go
             self._submits -= 1
@@ -117,6 +139,7 @@ class Submits(Follows):
             )
             return True
         finally:
+            self._guard.release(job_id)  # no outcome recorded (an unexpected error)
             if answering:
                 self._submits -= 1
                 self._wake()

@@ -28,8 +28,25 @@ __all__ = [
 
 #: The layout version this batchgen writes.  An older file is migrated on open for writing
 #: (:data:`MIGRATIONS`); a newer one is refused.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 DB_NAME = "state.db"
+
+#: Version 3: one row per submission the provider may bill (accepted, or outcome unknown),
+#: with the estimated price in force when it was sent (:mod:`batchgen.store.spend`).
+SPEND_SQL = """
+CREATE TABLE IF NOT EXISTS submissions (
+    id      INTEGER PRIMARY KEY,
+    job_id  TEXT NOT NULL,
+    model   TEXT NOT NULL,
+    at      REAL NOT NULL,
+    outcome TEXT NOT NULL,
+    task_id TEXT,
+    usd     REAL,
+    images  INTEGER NOT NULL DEFAULT 1
+);
+CREATE INDEX IF NOT EXISTS submissions_job ON submissions(job_id);
+"""
+
 
 SCHEMA_SQL = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -110,6 +127,7 @@ def _migrate_images(c: sqlite3.Connection) -> None:
 #: ``MIGRATIONS[v]`` brings a file of version ``v - 1`` to ``v``, after the tables of
 #: :data:`SCHEMA_SQL` exist; each one is self-contained and idempotent, and they run in
 #: version order inside the transaction that opens the file.
+#: Version 3 added the ``submissions`` table only (:data:`SPEND_SQL`, created with the others).
 MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {2: _migrate_images}
 
 
@@ -205,9 +223,8 @@ def init_schema(conn: sqlite3.Connection, path: Path, settings: Mapping[str, Any
             "SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'"
         ).fetchone()
         stored_version = check_version(conn, path) if has_meta else SCHEMA_VERSION
-        for statement in SCHEMA_SQL.split(";"):
-            if statement.strip():
-                c.execute(statement)
+        _execute_script(c, SCHEMA_SQL)
+        _execute_script(c, SPEND_SQL)
         for version in sorted(MIGRATIONS):
             if stored_version < version <= SCHEMA_VERSION:
                 MIGRATIONS[version](c)
@@ -233,9 +250,15 @@ def init_schema(conn: sqlite3.Connection, path: Path, settings: Mapping[str, Any
         raise
 
 
+def _execute_script(c: sqlite3.Connection, script: str) -> None:
+    for statement in script.split(";"):
+        if statement.strip():
+            c.execute(statement)
+
+
 def check_version(conn: sqlite3.Connection, path: Path) -> int:
-    """The schema version of ``conn``'s state file; raise :class:`StateError` unless it is a
-    state file this batchgen can read."""
+    """Raise :class:`StateError` unless ``conn`` is a state file this batchgen can read;
+    return its schema version (older ones are migrated when opened for writing)."""
     try:
         row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
     except sqlite3.DatabaseError as exc:

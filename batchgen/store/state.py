@@ -60,7 +60,7 @@ from batchgen.store.schema import (
     make_run_dir,
     state_path,
 )
-from batchgen.store.transitions import JobTransitions
+from batchgen.store.spend import SpendLedger
 
 # The store's names, importable from here as before the split into errors, records, schema,
 # lock, queries and transitions.
@@ -94,14 +94,15 @@ __all__ = [
 ]
 
 
-class StateStore(JobTransitions):
+class StateStore(SpendLedger):
     """The state file of one run directory.
 
     Open it with :meth:`open` (read-write, creating it if needed) or
     :meth:`open_readonly`.  Every transition method writes the job row and its
     event in one committed transaction before returning.  Reads are
     :class:`batchgen.store.queries.JobQueries`, writes
-    :class:`batchgen.store.transitions.JobTransitions`.
+    :class:`batchgen.store.transitions.JobTransitions`, spend
+    :class:`batchgen.store.spend.SpendLedger`.
     """
 
     @classmethod

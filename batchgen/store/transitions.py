@@ -6,8 +6,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, cast
 
 from batchgen.store.errors import IllegalTransition
@@ -117,9 +118,14 @@ class JobTransitions(JobQueries):
         detail: str | None,
         sets: Mapping[str, Any] | None = None,
         attempts_delta: int = 0,
+        *,
+        also: Callable[[sqlite3.Connection], object] | None = None,
     ) -> int:
-        """Move one job and append its event in one transaction; returns its attempts."""
-        return self._move_job(job_id, to_state, detail, sets, attempts_delta, full=False)[0]
+        """Move one job and append its event in one transaction (``also`` writes more in that
+        transaction); returns its attempts."""
+        return self._move_job(
+            job_id, to_state, detail, sets, attempts_delta, full=False, also=also
+        )[0]
 
     def _move_job(
         self,
@@ -130,10 +136,10 @@ class JobTransitions(JobQueries):
         attempts_delta: int,
         *,
         full: bool,
-        also: tuple[str, tuple[Any, ...]] | None = None,
+        also: Callable[[sqlite3.Connection], object] | None = None,
     ) -> tuple[int, JobRecord | None]:
         """:meth:`_move`; with ``full`` also the job's row as it is after the move; ``also``
-        is one more statement (SQL, parameters) run in the same transaction."""
+        writes more rows in the same transaction."""
         allowed = FROM_STATES[to_state]
         now = time.time()
         with self._tx() as c:
@@ -143,8 +149,6 @@ class JobTransitions(JobQueries):
             from_state, attempts = (row[5], row[6]) if full else row
             if from_state not in allowed:
                 raise IllegalTransition(f"job {job_id}: {from_state} -> {to_state} is not allowed")
-            if also is not None:
-                c.execute(*also)
             attempts = max(attempts + attempts_delta, 0)
             fields = {"state": to_state, "updated_at": now, "attempts": attempts, **(sets or {})}
             assign = ", ".join(f"{k} = ?" for k in fields)
@@ -154,6 +158,8 @@ class JobTransitions(JobQueries):
                 " VALUES (?, ?, ?, ?, ?)",
                 (job_id, now, from_state, to_state, detail),
             )
+            if also is not None:
+                also(c)
         if not full:
             return int(attempts), None
         return int(attempts), dataclasses.replace(row_to_record(row), **fields)
@@ -168,13 +174,21 @@ class JobTransitions(JobQueries):
             attempts_delta=1,
         )
 
-    def mark_running(self, job_id: str, task_id: str, poll_url: str | None) -> int:
+    def mark_running(
+        self,
+        job_id: str,
+        task_id: str,
+        poll_url: str | None,
+        *,
+        also: Callable[[sqlite3.Connection], object] | None = None,
+    ) -> int:
         """submitting → running: records the task_id, committed before the task is used."""
         return self._move(
             job_id,
             RUNNING,
             f"task_id={task_id}",
             {"task_id": task_id, "poll_url": poll_url, "last_error": None},
+            also=also,
         )
 
     def mark_downloading(self, job_id: str, detail: str | None = None) -> int:
@@ -215,7 +229,9 @@ class JobTransitions(JobQueries):
             },
             0,
             full=True,
-            also=(INSERT_IMAGE, image_params(job_id, index, url, last, time.time())),
+            also=lambda c: c.execute(
+                INSERT_IMAGE, image_params(job_id, index, url, last, time.time())
+            ),
         )
         return cast(JobRecord, job)  # full=True: never None
 
