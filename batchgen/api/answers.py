@@ -63,7 +63,7 @@ _FAILED_STATUSES = frozenset({"failed", "error", "canceled", "cancelled"})
 _MESSAGE_CHARS = 500
 
 TaskState = Literal["running", "success", "failed"]
-Operation = Literal["submit", "poll", "download"]
+Operation = Literal["submit", "poll", "download", "account"]
 
 
 @dataclass(frozen=True)
@@ -335,6 +335,8 @@ def error_for_status(
             return NotFound(
                 f"{where}: unknown model or submit path: {detail}", stops_run=True, **common
             )
+        if op == "account":
+            return NotFound(f"{where}: no such endpoint: {detail}", **common)
         return NotFound(f"{where}: unknown task: {detail}", **common)
     if status == 429:
         return RateLimited(f"{where}: rate limited: {detail}", retry_after=retry_after, **common)

@@ -30,6 +30,7 @@ import hashlib
 import json
 import logging
 import re
+import ssl
 from collections.abc import AsyncIterable, Callable, Mapping
 from types import TracebackType
 from typing import Any
@@ -62,7 +63,7 @@ from batchgen.api.errors import (
     ServerError,
     TransportFailure,
 )
-from batchgen.api.failures import NetworkErrors
+from batchgen.api.failures import NetworkErrors, tls_environment_problem
 from batchgen.api.text import body_snippet, sanitize
 from batchgen.api.urls import (
     check_proxy_environment,
@@ -77,11 +78,15 @@ from batchgen.api.urls import (
     validate_base_url,
 )
 
-__all__ = ["MAX_REDIRECTS", "ModellixClient"]
+__all__ = ["BALANCE_PATH", "MAX_REDIRECTS", "VALIDATE_PATH", "ModellixClient"]
 
 logger = logging.getLogger(__name__)
 
 MAX_REDIRECTS = 3
+
+#: The account endpoints the provider's official CLI calls (docs/api.md).
+VALIDATE_PATH = "/api/v1/apikey/validate"
+BALANCE_PATH = "/api/v1/team/balance"
 
 _SUBMIT_PATH_RE = re.compile(r"/[A-Za-z0-9._~/@+-]*")
 
@@ -188,16 +193,19 @@ class ModellixClient:
         default = transport is None
         if default:
             check_proxy_environment()
-        self._http = _AsyncClient(
-            headers={"User-Agent": f"batchgen/{__version__}"},
-            timeout=httpx.Timeout(timeout, connect=connect_timeout),
-            limits=limits,
-            transport=transport,
-            follow_redirects=False,
-            # httpx's own transport honours the proxy and TLS environment (cron hosts behind a
-            # proxy); a given transport (tests, in-process simulator) is used as is.
-            trust_env=default,
-        )
+        try:
+            self._http = _AsyncClient(
+                headers={"User-Agent": f"batchgen/{__version__}"},
+                timeout=httpx.Timeout(timeout, connect=connect_timeout),
+                limits=limits,
+                transport=transport,
+                follow_redirects=False,
+                # httpx's own transport honours the proxy and TLS environment (cron hosts behind
+                # a proxy); a given transport (tests, in-process simulator) is used as is.
+                trust_env=default,
+            )
+        except (OSError, ssl.SSLError) as exc:  # SSL_CERT_FILE/SSL_CERT_DIR unreadable
+            raise ConfigError(tls_environment_problem(exc)) from None
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -277,6 +285,24 @@ class ModellixClient:
         except ApiError as exc:
             exc._scrub(self._key.reveal() if self._key else None)
             raise
+
+    async def validate_key(self) -> bool:
+        """``GET /api/v1/apikey/validate``: whether the provider says the key is valid.
+
+        Raises :class:`AuthError` (401/403), :class:`NotFound` (404: a provider without that
+        endpoint), :class:`Unreachable` and the other :class:`ApiError`\\ s. Costs nothing.
+        """
+        _, payload = await self._account(VALIDATE_PATH)
+        return key_valid_in(payload)
+
+    async def _account(self, path: str) -> tuple[httpx.Headers, Any]:
+        """GET one of the account endpoints; (answer headers, parsed JSON) of a 2xx answer."""
+        try:
+            _, headers, payload = await self._call_json("account", "GET", self._api_url(path))
+        except ApiError as exc:
+            exc._scrub(self._key.reveal() if self._key else None)
+            raise
+        return headers, payload
 
     async def download(self, url: str, file: Writable) -> DownloadResult:
         """Stream the file at *url* into *file* (an open binary file or any :class:`Writable`);
@@ -532,6 +558,12 @@ class ModellixClient:
             sha256=digest.hexdigest(),
             content_type=sanitize(content_type, 100) if content_type else None,
         )
+
+
+def key_valid_in(payload: Any) -> bool:
+    """Whether an ``apikey/validate`` answer says ``data.is_valid: true``."""
+    data = payload.get("data") if isinstance(payload, dict) else None
+    return isinstance(data, dict) and data.get("is_valid") is True
 
 
 class _LazyGet:

@@ -35,6 +35,7 @@ from batchgen.manifest.compiled import Manifest
 from batchgen.manifest.loader import load_manifest
 from batchgen.manifest.shard import Shard, filter_shard, shard_run_dir
 from batchgen.manifest.types import Limits
+from batchgen.run.preflight import check_key_before_run
 from batchgen.run.progress import Progress
 from batchgen.run.runner import RunOptions, RunSummary, run_jobs
 from batchgen.store.errors import StateError
@@ -155,10 +156,14 @@ async def run_session(
         raise SessionError(
             f"{req.target} is neither a manifest nor a run directory", ExitCode.USAGE
         )
+    key_checked = False
     if manifest is not None and not req.simulate:
         # Before the run directory and its state file exist: a new user's first run without
-        # a key leaves nothing behind on disk.
-        _require_api_key(env)
+        # a key, with a refused key or an unreachable base URL leaves nothing behind on disk.
+        key = _require_api_key(env)
+        if not (run_dir / DB_NAME).exists():
+            await check_key_before_run(pick_base_url(req.base_url, env, {}), key)
+            key_checked = True
     _refuse_images_without_state(run_dir)
 
     try:
@@ -166,7 +171,7 @@ async def run_session(
     except OSError as exc:
         raise SessionError(f"cannot use run directory {run_dir}: {exc}") from exc
     try:
-        return await _locked(req, manifest, run_dir, stop, env)
+        return await _locked(req, manifest, run_dir, stop, env, key_checked=key_checked)
     finally:
         lock.release()
 
@@ -230,6 +235,8 @@ async def _locked(
     run_dir: Path,
     stop: asyncio.Event | None,
     env: Mapping[str, str],
+    *,
+    key_checked: bool,
 ) -> RunSummary:
     try:
         store = StateStore.open(run_dir, create=manifest is not None)
@@ -241,6 +248,8 @@ async def _locked(
         base_limits = manifest.limits if manifest is not None else Limits()
         limits = _limits_from(stored.get("limits") if manifest is None else None, base_limits, req)
         base_url = "http://127.0.0.1" if simulate else pick_base_url(req.base_url, env, stored)
+        if not simulate and not key_checked:
+            await check_key_before_run(base_url, _require_api_key(env))
         settings: dict[str, Any] = {
             "limits": dataclasses.asdict(limits),
             "base_url": base_url,

@@ -47,7 +47,12 @@ import httpx
 from jsonschema import Draft202012Validator
 
 from batchgen.api import is_loopback_host
-from batchgen.manifest.catalogue import ModelSchema, load_models_in, model_dirs
+from batchgen.manifest.catalogue import (
+    PROVIDER_SUBMIT_SHAPES,
+    ModelSchema,
+    load_models_in,
+    model_dirs,
+)
 from batchgen.manifest.modelspec import ModelSpec, expected_images, list_price, spec_of
 from batchgen.simulator.png import MAX_SIDE, png_bytes
 from batchgen.simulator.settings import FAULT_ROUTES, Latency, SimulatorConfig, StatusNames
@@ -75,11 +80,7 @@ STATS_PATH = "/_sim/stats"
 MAX_BODY_BYTES = 32 << 20  # input images travel as base64 data URIs
 VALIDATE_PATH = "/api/v1/apikey/validate"
 BALANCE_PATH = "/api/v1/team/balance"
-SUBMIT_SHAPES = (
-    "/api/v1/{type}/{provider}/{model}/async",
-    "/api/v1/{provider}/{model}/async",
-    "/api/v1/{provider}/{model}",
-)
+SUBMIT_SHAPES = PROVIDER_SUBMIT_SHAPES
 _FILE_RE = re.compile(r"^([0-9]{1,3})\.png$")
 _SIZE_RE = re.compile(r"^\s*(\d{1,5})\s*[xX*]\s*(\d{1,5})\s*$")
 _JSON_HEADERS: Headers = [(b"content-type", b"application/json")]
@@ -149,12 +150,7 @@ def _load_models(schema_dir: Path | None) -> dict[str, _Model]:
             default_size=size if isinstance(size, str) else None,
             spec=spec,
         )
-        shapes = [*spec.submit_paths]
-        for shape in SUBMIT_SHAPES:
-            shapes.append(
-                shape.format(type=spec.task_type, provider=spec.provider, model=model.model_id)
-            )
-        for path in shapes:
+        for path in spec.submit_path_candidates:
             by_path.setdefault(path, model)
     return by_path
 
@@ -393,7 +389,7 @@ class Simulator:
             route = "account"
         elif path.startswith(TASKS_PREFIX):
             route = "poll"
-        elif path in self._models:
+        elif path in self._models and self.config.serves_submit_path(path):
             route = "submit"
         elif path.startswith(FILES_PREFIX):
             route = "download"
