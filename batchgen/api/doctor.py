@@ -173,6 +173,8 @@ async def _account_checks(
         isinstance(outcome, ApiError) and not outcome.sent
     )
     where = f"{url.host}:{url.port or (443 if url.scheme == 'https' else 80)}"
+    if proxy is not None:
+        where += f" through {proxy}"
     if reached:
         tls = ""
         if url.scheme == "https":

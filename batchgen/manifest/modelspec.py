@@ -54,9 +54,7 @@ class ModelSpec:
         """The model's own submit paths, then the provider's other documented shapes
         (:data:`batchgen.manifest.catalogue.PROVIDER_SUBMIT_SHAPES`), without repeats: the
         order in which a run tries them when a submit answers 404."""
-        shapes = (
-            render_submit_path(t, self.id, self.task_type) for t in PROVIDER_SUBMIT_SHAPES
-        )
+        shapes = (render_submit_path(t, self.id, self.task_type) for t in PROVIDER_SUBMIT_SHAPES)
         return tuple(dict.fromkeys((*self.submit_paths, *shapes)))
 
     @property

@@ -610,9 +610,10 @@ class Simulator:
             task.final = (base, self._final_body(task, base))
         return _Answer(200, task.final[1], [])
 
-    def _simulated_epoch(self, at: float) -> float:
-        """Unix time of the simulated clock at real clock reading ``at``."""
-        return self._epoch_wall + (at - self._epoch_clock) / self.config.time_scale
+    def _wall_time(self, at: float) -> float:
+        """Unix time (the real wall clock) at the simulator's clock reading ``at``: the API's
+        timestamps never run ahead of the real clock, whatever ``time_scale``."""
+        return self._epoch_wall + (at - self._epoch_clock)
 
     def _final_body(self, task: _Task, base: str) -> bytes:
         config = self.config
@@ -627,8 +628,9 @@ class Simulator:
             if config.failed_error_field:
                 data["error"] = "Simulated failure: the model could not generate the image"
         else:
-            submit_time = self._simulated_epoch(task.submitted_at)
-            end_time = submit_time + task.duration_ms / 1000
+            submit_time = self._wall_time(task.submitted_at)
+            scale = config.time_scale  # the task took its simulated duration, scaled
+            end_time = submit_time + task.duration_ms / 1000 * scale
             data["result"] = {
                 "resources": [
                     {
@@ -648,7 +650,7 @@ class Simulator:
                 "extensions": {"submit_time": int(submit_time), "end_time": int(end_time)},
             }
             if config.result_ttl is not None:
-                data["result_expires_at"] = int(end_time + config.result_ttl)
+                data["result_expires_at"] = int(end_time + config.result_ttl * scale)
         return _dumps({"code": 0, "message": "success", "data": data})
 
     def _download(self, rest: str) -> _Answer:
