@@ -30,8 +30,10 @@ KEY = "config-test-key-0123"
 
 def _cli(tmp: Path, base_url: str, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "batchgen", "run", str(MANIFEST), "--base-url", base_url]
-        + ["--output", str(tmp / "run")],
+        [
+            *(sys.executable, "-m", "batchgen", "run", str(MANIFEST)),
+            *("--base-url", base_url, "--output", str(tmp / "run")),
+        ],
         env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "MODELLIX_API_KEY": KEY, **env},
         capture_output=True,
         text=True,

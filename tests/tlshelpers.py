@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import trustme
+import uvicorn
 
 from batchgen.simulator.app import Simulator
 
@@ -27,8 +28,6 @@ def write_ca(tmp: Path, *names: str) -> tuple[Path, trustme.LeafCert]:
 @contextmanager
 def tls_simulator(sim: Simulator, cert: trustme.LeafCert, tmp: Path) -> Iterator[int]:
     """``sim`` served by uvicorn over TLS on 127.0.0.1 with ``cert``; yields the port."""
-    import uvicorn
-
     cert_file, key_file = tmp / "server.pem", tmp / "server.key"
     cert.cert_chain_pems[0].write_to_path(str(cert_file))
     cert.private_key_pem.write_to_path(str(key_file))
