@@ -75,8 +75,10 @@ def _run(base_url: str, tmp: Path, name: str, extra_env: dict[str, str]) -> dict
     }
     t0 = time.monotonic()
     proc = subprocess.run(
-        [sys.executable, "-m", "batchgen", "run", str(manifest), "--base-url", base_url]
-        + ["--output", str(out), "--log-format", "json"],
+        [
+            *(sys.executable, "-m", "batchgen", "run", str(manifest), "--base-url", base_url),
+            *("--output", str(out), "--log-format", "json"),
+        ],
         env=env,
         capture_output=True,
         text=True,
