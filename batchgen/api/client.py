@@ -63,7 +63,7 @@ from batchgen.api.errors import (
     ServerError,
     TransportFailure,
 )
-from batchgen.api.failures import NetworkErrors, tls_environment_problem
+from batchgen.api.failures import ConnectionUse, NetworkErrors, tls_environment_problem
 from batchgen.api.text import body_snippet, sanitize
 from batchgen.api.urls import (
     check_proxy_environment,
@@ -155,6 +155,9 @@ class ModellixClient:
         max_download_bytes: downloads larger than this are refused.
         max_response_bytes: JSON answers larger than this are a :class:`ProtocolError`.
         max_keepalive_connections: idle connections kept (default: ``max_connections``).
+        resend_on_recycled: send a submit once more when a kept-alive connection was closed
+            by the server before it read the submit (docs/network.md); ``False`` makes that
+            case an ambiguous failure like any other dropped connection.
 
     Raises :class:`ConfigError` for a bad base URL, key or limit, or a SOCKS proxy in the
     environment without the ``socks`` extra.
@@ -173,6 +176,7 @@ class ModellixClient:
         max_download_bytes: int = 50 * 2**20,
         max_response_bytes: int = 2**20,
         max_keepalive_connections: int | None = None,
+        resend_on_recycled: bool = True,
     ) -> None:
         self._base_url = validate_base_url(base_url)
         self._api_origin = origin_of(httpx.URL(self._base_url))
@@ -183,6 +187,10 @@ class ModellixClient:
         self.max_download_bytes = max_download_bytes
         self.max_response_bytes = max_response_bytes
         self.operation_timeout = operation_timeout
+        #: Submits sent again because a kept-alive connection was closed before the server
+        #: read them (see :class:`batchgen.api.failures.ConnectionUse`).
+        self.stale_connection_retries = 0
+        self._resend_on_recycled = resend_on_recycled
         limits = httpx.Limits(
             max_connections=max_connections,
             max_keepalive_connections=(
@@ -333,9 +341,22 @@ class ModellixClient:
                 f"submit: request body is not valid JSON ({type(exc).__name__})",
                 operation="submit",
             ) from exc
-        http_status, headers, payload = await self._call_json(
-            "submit", "POST", self._api_url(submit_path), content=content
-        )
+        url = self._api_url(submit_path)
+        use = ConnectionUse()
+        try:
+            http_status, headers, payload = await self._call_json(
+                "submit", "POST", url, content=content, trace=use
+            )
+        except TransportFailure as exc:
+            if not (self._resend_on_recycled and use.closed_unread(exc)):
+                raise
+            # A kept-alive connection the server had closed before reading the submit: it
+            # cannot have created a task. Once more, on a connection the pool checks anew.
+            self.stale_connection_retries += 1
+            logger.info("submit: kept-alive connection closed by the server; sending again")
+            http_status, headers, payload = await self._call_json(
+                "submit", "POST", url, content=content
+            )
         submitted = submitted_from(http_status, headers, payload, self._same_origin)
         logger.debug("submit: accepted task %s", submitted.task_id)
         return submitted
@@ -362,6 +383,7 @@ class ModellixClient:
         url: str | httpx.URL,
         headers: Mapping[str, str],
         content: Content = None,
+        trace: ConnectionUse | None = None,
     ) -> httpx.Response:
         """The one seam every request goes through: send it with ``httpx.AsyncClient.send``
         and return the answer with its body unread (stream it, then ``aclose`` it).
@@ -369,17 +391,27 @@ class ModellixClient:
         ``Authorization`` is added here, for the API's origin only. Redirects are never
         followed here. ``method`` is GET, HEAD or POST (else ``ValueError``); ``content`` is
         bytes (sent with a ``Content-Length``) or an async iterable of bytes (sent chunked).
+        ``trace`` (httpcore's trace extension) learns whether the connection was new.
         """
         if method not in _METHODS:
             raise ValueError(f"unsupported method {method!r}")
         parsed = url if isinstance(url, httpx.URL) else parsed_url(url)
         if self._key is not None and key_goes_to(parsed, self._api_origin):
             headers = {**headers, "Authorization": f"Bearer {self._key.reveal()}"}
-        request = self._http.build_request(method, parsed, content=content, headers=headers)
+        extensions = {"trace": trace} if trace is not None else None
+        request = self._http.build_request(
+            method, parsed, content=content, headers=headers, extensions=extensions
+        )
         return await self._http.send(request, stream=True)
 
     async def _call_json(
-        self, op: Operation, method: str, url: str, *, content: bytes | None = None
+        self,
+        op: Operation,
+        method: str,
+        url: str,
+        *,
+        content: bytes | None = None,
+        trace: ConnectionUse | None = None,
     ) -> tuple[int, httpx.Headers, Any]:
         """Send one API request; return (status, headers, parsed JSON) for 2xx answers.
 
@@ -390,7 +422,7 @@ class ModellixClient:
             headers["Content-Type"] = "application/json"
         too_big = False
         async with self._network_errors(op, lambda: f"{method} {urlsplit(url).path}"):
-            response = await self._send(method, url, headers, content)
+            response = await self._send(method, url, headers, content, trace)
             try:
                 body, too_big = await _read_capped(response, self.max_response_bytes)
             finally:

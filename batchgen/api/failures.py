@@ -27,7 +27,13 @@ from batchgen.api.answers import Operation
 from batchgen.api.errors import ProtocolError, TransportFailure, Unreachable
 from batchgen.api.text import sanitize
 
-__all__ = ["NetworkErrors", "address_of", "tls_environment_problem", "unreachable_cause"]
+__all__ = [
+    "ConnectionUse",
+    "NetworkErrors",
+    "address_of",
+    "tls_environment_problem",
+    "unreachable_cause",
+]
 
 
 class NetworkErrors:
@@ -120,6 +126,47 @@ class NetworkErrors:
             operation=op,
             ambiguous=submit,
         ) from exc
+
+
+#: httpcore's trace events after which nothing of the answer has arrived.
+_BEFORE_ANSWER = frozenset(
+    {
+        "http11.send_request_headers.failed",
+        "http11.send_request_body.failed",
+        "http11.receive_response_headers.failed",
+    }
+)
+
+
+class ConnectionUse:
+    """httpcore's ``trace`` extension for one request: whether it opened a new connection and
+    where it failed. :meth:`closed_unread` is the one case a submit is sent again: a *reused*
+    connection that the server closed before reading the request (a keep-alive connection
+    recycled at that instant: ``Server disconnected without sending a response``, or a reset
+    while the request was written or before any byte of the answer)."""
+
+    __slots__ = ("failed_at", "fresh")
+
+    def __init__(self) -> None:
+        self.fresh = False
+        self.failed_at: str | None = None
+
+    async def __call__(self, name: str, info: Any) -> None:
+        if name.startswith("connection.connect_tcp."):
+            self.fresh = True
+        elif name.endswith(".failed"):
+            self.failed_at = name
+
+    def closed_unread(self, failure: BaseException) -> bool:
+        """Whether ``failure`` (a :class:`TransportFailure`) is that case."""
+        if self.fresh or self.failed_at not in _BEFORE_ANSWER:
+            return False
+        for err in _chain(failure):
+            if isinstance(err, httpx.RemoteProtocolError):
+                return "without sending a response" in str(err)
+            if isinstance(err, (httpx.WriteError, httpx.ReadError)):
+                return any(isinstance(e, ConnectionResetError) for e in _chain(err))
+        return False
 
 
 def _chain(exc: BaseException) -> list[BaseException]:
