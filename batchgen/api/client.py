@@ -155,7 +155,7 @@ class ModellixClient:
         max_download_bytes: downloads larger than this are refused.
         max_response_bytes: JSON answers larger than this are a :class:`ProtocolError`.
         max_keepalive_connections: idle connections kept (default: ``max_connections``).
-        resend_on_recycled: send a submit once more when a kept-alive connection was closed
+        resend_on_recycled: send a submit once more when a kept-alive connection was reset
             by the server before it read the submit (docs/network.md); ``False`` makes that
             case an ambiguous failure like any other dropped connection.
 
@@ -187,7 +187,7 @@ class ModellixClient:
         self.max_download_bytes = max_download_bytes
         self.max_response_bytes = max_response_bytes
         self.operation_timeout = operation_timeout
-        #: Submits sent again because a kept-alive connection was closed before the server
+        #: Submits sent again because a kept-alive connection was reset before the server
         #: read them (see :class:`batchgen.api.failures.ConnectionUse`).
         self.stale_connection_retries = 0
         self._resend_on_recycled = resend_on_recycled
@@ -350,10 +350,10 @@ class ModellixClient:
         except TransportFailure as exc:
             if not (self._resend_on_recycled and use.closed_unread(exc)):
                 raise
-            # A kept-alive connection the server had closed before reading the submit: it
-            # cannot have created a task. Once more, on a connection the pool checks anew.
+            # A kept-alive connection reset by the server before it read the submit: it cannot
+            # have created a task. Once more, on a connection the pool checks anew.
             self.stale_connection_retries += 1
-            logger.info("submit: kept-alive connection closed by the server; sending again")
+            logger.info("submit: kept-alive connection reset before it was read; sending again")
             http_status, headers, payload = await self._call_json(
                 "submit", "POST", url, content=content
             )

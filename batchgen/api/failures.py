@@ -140,10 +140,12 @@ _BEFORE_ANSWER = frozenset(
 
 class ConnectionUse:
     """httpcore's ``trace`` extension for one request: whether it opened a new connection and
-    where it failed. :meth:`closed_unread` is the one case a submit is sent again: a *reused*
-    connection that the server closed before reading the request (a keep-alive connection
-    recycled at that instant: ``Server disconnected without sending a response``, or a reset
-    while the request was written or before any byte of the answer)."""
+    where it failed. :meth:`closed_unread` is the one case a submit is sent again: on a
+    *reused* connection, a reset (``ECONNRESET``/``EPIPE``) while the request was written or
+    before any byte of the answer. A kernel resets a connection closed with unread data in
+    it: the server never read the request, so it created no task. A clean close without an
+    answer (``Server disconnected without sending a response``) is *not* that case: a server
+    or proxy may have processed the request and lost its answer; it stays ambiguous."""
 
     __slots__ = ("failed_at", "fresh")
 
@@ -161,12 +163,10 @@ class ConnectionUse:
         """Whether ``failure`` (a :class:`TransportFailure`) is that case."""
         if self.fresh or self.failed_at not in _BEFORE_ANSWER:
             return False
-        for err in _chain(failure):
-            if isinstance(err, httpx.RemoteProtocolError):
-                return "without sending a response" in str(err)
-            if isinstance(err, (httpx.WriteError, httpx.ReadError)):
-                return any(isinstance(e, ConnectionResetError) for e in _chain(err))
-        return False
+        chain = _chain(failure)
+        return any(isinstance(e, (httpx.WriteError, httpx.ReadError)) for e in chain) and any(
+            isinstance(e, (ConnectionResetError, BrokenPipeError)) for e in chain
+        )
 
 
 def _chain(exc: BaseException) -> list[BaseException]:
