@@ -11,18 +11,20 @@ import hashlib
 import json
 import os
 import socket
+import struct
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from nethelpers import SUBMIT_PATH, SUBMITTED, answer, read_request, serve
 from tlshelpers import tls_simulator, write_ca
 
-from batchgen.api import ModellixClient, Unreachable
+from batchgen.api import ModellixClient, TransportFailure, Unreachable
 from batchgen.simulator.app import Simulator, SimulatorConfig, serve_in_thread
 
 pytestmark = pytest.mark.anyio
@@ -217,11 +219,50 @@ async def test_the_simulator_under_a_third_party_server_runs_a_task(server: str)
         assert await _submit_poll_download(f"http://127.0.0.1:{port}") > 0
 
 
+def _recycler(closing: str) -> Any:
+    """Answers the first request of each connection, then closes the connection under the
+    second one without reading it: with a reset (``SO_LINGER`` 0) or a clean close."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(answer(SUBMITTED))
+        await writer.drain()
+        await reader.read(1)  # the next request has started to arrive: close under it
+        sock = writer.get_extra_info("socket")
+        if closing == "reset":
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            writer.transport.abort()
+        else:
+            writer.close()
+
+    return handler
+
+
+async def test_a_submit_reset_on_a_reused_connection_is_sent_again_not_ambiguous() -> None:
+    async with serve(_recycler("reset")) as (url, accepted), ModellixClient(url, KEY) as client:
+        await client.submit(SUBMIT_PATH, {"prompt": "first"})
+        second = await client.submit(SUBMIT_PATH, {"prompt": "second"})
+    assert second.task_id == "t-1"
+    assert client.stale_connection_retries == 1
+    assert len(accepted) == 2  # the second send went on a new connection
+
+
+async def test_a_clean_close_without_an_answer_on_a_reused_connection_stays_ambiguous() -> None:
+    async with serve(_recycler("close")) as (url, _), ModellixClient(url, KEY) as client:
+        await client.submit(SUBMIT_PATH, {"prompt": "first"})
+        with pytest.raises(TransportFailure) as info:
+            await client.submit(SUBMIT_PATH, {"prompt": "second"})
+    assert info.value.ambiguous  # the server may have processed it
+    assert client.stale_connection_retries == 0
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("server", ["hypercorn", "gunicorn"])
-async def test_submits_on_recycled_connections_are_never_ambiguous(server: str) -> None:
-    """Workers restarted every 5 requests close kept-alive connections under the client; a
-    submit caught by that is sent again (never reported ambiguous)."""
+async def test_submits_on_recycled_connections_are_accepted_or_ambiguous_never_lost(
+    server: str,
+) -> None:
+    """Workers restarted every 5 requests close kept-alive connections under the client: a
+    submit is accepted, sent again after a reset, or reported ambiguous; nothing else."""
     port = _free_port()
     app = "batchgen.simulator.asgi:app"
     common = ("-b", f"127.0.0.1:{port}", "-w", "2", "--max-requests", "5")
@@ -232,7 +273,14 @@ async def test_submits_on_recycled_connections_are_never_ambiguous(server: str) 
             *common,
         ],
     }[server]
+    outcomes = {"accepted": 0, "ambiguous": 0, "other": 0}
     with _process(cmd, port):
         async with ModellixClient(f"http://127.0.0.1:{port}", SIM_KEY) as client:
             for i in range(150):
-                await client.submit(SUBMIT_PATH, {"prompt": f"a fox {i}"})
+                try:
+                    await client.submit(SUBMIT_PATH, {"prompt": f"a fox {i}"})
+                    outcomes["accepted"] += 1
+                except TransportFailure as exc:
+                    outcomes["ambiguous" if exc.ambiguous else "other"] += 1
+    assert outcomes["other"] == 0
+    assert outcomes["accepted"] >= 140
