@@ -14,14 +14,22 @@ import socket
 import struct
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
-from nethelpers import SUBMIT_PATH, SUBMITTED, answer, read_request, serve
+from nethelpers import (
+    SUBMIT_PATH,
+    SUBMITTED,
+    answer,
+    free_port,
+    read_request,
+    serve,
+    stop,
+    wait_listening,
+)
 from tlshelpers import tls_simulator, write_ca
 
 from batchgen.api import ModellixClient, TransportFailure, Unreachable
@@ -44,35 +52,16 @@ class _Sink:
         return len(data)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @contextmanager
 def _process(cmd: list[str], port: int, **env: str) -> Iterator[None]:
     proc = subprocess.Popen(
         cmd, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     try:
-        for _ in range(600):
-            if proc.poll() is not None:
-                raise RuntimeError(f"{cmd[2]} exited with {proc.returncode}")
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.05)
+        wait_listening(port, proc, cmd[2])
         yield
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=20)
+        stop(proc)
 
 
 async def _submit_poll_download(url: str) -> int:
@@ -167,7 +156,7 @@ async def test_a_20_mb_body_from_python_http_server_arrives_whole(
 ) -> None:
     data = os.urandom(20 * 2**20)
     (tmp_path / "big.png").write_bytes(data)
-    port = _free_port()
+    port = free_port()
     cmd = [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"]
     with _process([*cmd, "--directory", str(tmp_path)], port):
         async with ModellixClient(f"http://127.0.0.1:{port}", KEY) as client:
@@ -205,7 +194,7 @@ async def test_a_cross_port_302_is_followed_without_the_key() -> None:
 
 @pytest.mark.parametrize("server", ["hypercorn", "gunicorn"])
 async def test_the_simulator_under_a_third_party_server_runs_a_task(server: str) -> None:
-    port = _free_port()
+    port = free_port()
     app = "batchgen.simulator.asgi:app"
     cmd = {
         "hypercorn": [sys.executable, "-m", "hypercorn", app, "-b", f"127.0.0.1:{port}"],
@@ -263,7 +252,7 @@ async def test_submits_on_recycled_connections_are_accepted_or_ambiguous_never_l
 ) -> None:
     """Workers restarted every 5 requests close kept-alive connections under the client: a
     submit is accepted, sent again after a reset, or reported ambiguous; nothing else."""
-    port = _free_port()
+    port = free_port()
     app = "batchgen.simulator.asgi:app"
     common = ("-b", f"127.0.0.1:{port}", "-w", "2", "--max-requests", "5")
     cmd = {
