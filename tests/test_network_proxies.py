@@ -18,7 +18,16 @@ from pathlib import Path
 
 import httpx
 import pytest
-from nethelpers import SUBMIT_PATH, SUBMITTED, answer, read_request, serve
+from nethelpers import (
+    SUBMIT_PATH,
+    SUBMITTED,
+    answer,
+    free_port,
+    read_request,
+    serve,
+    stop,
+    wait_listening,
+)
 
 from batchgen.api import ConfigError, ModellixClient
 
@@ -26,35 +35,6 @@ pytestmark = pytest.mark.anyio
 
 KEY = "proxy-test-key-0123"
 PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _wait_listening(port: int, proc: subprocess.Popen[bytes], what: str) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{what} exited with {proc.returncode}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"{what} did not listen within 30 s")
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=10)
 
 
 class Log:
@@ -78,7 +58,7 @@ class Log:
 def http_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Log]]:
     """proxy.py, a forward HTTP proxy, on a loopback port; its access log counts requests."""
     folder = tmp_path_factory.mktemp("proxy")
-    port = _free_port()
+    port = free_port()
     log = folder / "access.log"
     proc = subprocess.Popen(
         [
@@ -89,10 +69,10 @@ def http_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, 
         stderr=subprocess.DEVNULL,
     )
     try:
-        _wait_listening(port, proc, "proxy.py")
+        wait_listening(port, proc, "proxy.py")
         yield f"http://127.0.0.1:{port}", Log(log, "access_log")
     finally:
-        _stop(proc)
+        stop(proc)
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +81,7 @@ def socks_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str,
     (pproxy picks uvloop when importable and then fails on Python >= 3.10: hidden here.)"""
     pytest.importorskip("socksio")
     folder = tmp_path_factory.mktemp("socks")
-    port = _free_port()
+    port = free_port()
     out = folder / "pproxy.out"
     code = (
         "import sys; sys.modules['uvloop'] = None; from pproxy.server import main; "
@@ -110,10 +90,10 @@ def socks_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str,
     with out.open("wb") as sink:
         proc = subprocess.Popen([sys.executable, "-u", "-c", code], stdout=sink, stderr=sink)
     try:
-        _wait_listening(port, proc, "pproxy")
+        wait_listening(port, proc, "pproxy")
         yield f"socks5://127.0.0.1:{port}", Log(out, "socks5 127.0.0.1:")
     finally:
-        _stop(proc)
+        stop(proc)
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import httpx
@@ -77,6 +78,27 @@ async def test_task_moves_pending_processing_success_as_its_clock_advances() -> 
     assert isinstance(result["metadata"]["request_id"], str)
     extensions = result["extensions"]
     assert extensions["end_time"] - extensions["submit_time"] in (9, 10, 11)
+
+
+async def test_reported_times_are_wall_clock_times_whatever_the_time_scale() -> None:
+    """At time_scale 0.01 a 15-minute session simulates 25 hours; ``submit_time`` and
+    ``end_time`` still never run ahead of the real clock: the task's simulated 600 s took 6
+    real seconds, and that is what they span."""
+    clock = FakeClock()
+    sim = make_sim(clock, latency=Latency.fixed(600), time_scale=0.01)
+    before = time.time()
+    async with client_for(sim) as client:
+        clock.advance(900)  # 15 real minutes of other work first
+        task_id = (await submit(client)).json()["data"]["task_id"]
+        clock.advance(6.01)
+        answer = await client.get(f"/api/v1/tasks/{task_id}", headers=AUTH)
+    data = answer.json()["data"]
+    assert data["duration"] == 600_000  # the simulated duration is reported as such
+    ext = data["result"]["extensions"]
+    assert ext["end_time"] - ext["submit_time"] in (5, 6, 7)
+    # The simulator's clock moved 906 s past its start: never ahead by the simulated hours.
+    assert ext["submit_time"] <= int(time.time()) + 900 + 2
+    assert ext["submit_time"] >= int(before) + 900 - 2
 
 
 async def test_time_scale_shrinks_real_time_but_not_the_reported_duration() -> None:

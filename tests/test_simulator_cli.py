@@ -60,6 +60,7 @@ def test_flags_set_every_knob() -> None:
         "--expired-status=403",
         "--download-bytes-per-second=1000",
         "--download-chunk-size=512",
+        "--submit-paths=no-async",
     )
     assert config == SimulatorConfig(
         seed=5,
@@ -88,7 +89,23 @@ def test_flags_set_every_knob() -> None:
         expired_status=403,
         download_bytes_per_second=1000.0,
         download_chunk_size=512,
+        submit_paths="no-async",
     )
+
+
+def test_realistic_sets_the_documented_limits_and_explicit_flags_win() -> None:
+    config = parse("--realistic")
+    assert config.max_concurrent_tasks == 3
+    assert config.rate_limit == pytest.approx(100 / 60)
+    assert config.rate_limit_scope == "all"
+    assert config.result_ttl == 24 * 3600
+    assert dataclasses.replace(
+        config, max_concurrent_tasks=None, rate_limit=None, rate_limit_scope="submit",
+        result_ttl=None,
+    ) == SimulatorConfig()  # fmt: skip
+    mine = parse("--realistic", "--max-concurrent-tasks=10", "--rate-limit-scope=submit")
+    assert (mine.max_concurrent_tasks, mine.rate_limit_scope) == (10, "submit")
+    assert mine.result_ttl == 24 * 3600
 
 
 def test_faults_flag_switches_every_random_fault_on_and_no_auth_drops_the_key() -> None:

@@ -64,7 +64,7 @@ _FAILED_STATUSES = frozenset({"failed", "error", "canceled", "cancelled"})
 _MESSAGE_CHARS = 500
 
 TaskState = Literal["running", "success", "failed"]
-Operation = Literal["submit", "poll", "download", "balance"]
+Operation = Literal["submit", "poll", "download", "account"]
 
 
 @dataclass(frozen=True)
@@ -356,6 +356,8 @@ def error_for_status(
             return NotFound(
                 f"{where}: unknown model or submit path: {detail}", stops_run=True, **common
             )
+        if op == "account":
+            return NotFound(f"{where}: no such endpoint: {detail}", **common)
         return NotFound(f"{where}: unknown task: {detail}", **common)
     if status == 429:
         return RateLimited(f"{where}: rate limited: {detail}", retry_after=retry_after, **common)
@@ -424,7 +426,7 @@ def checked_data(
 def balance_from(http_status: int, headers: Mapping[str, str], payload: Any) -> float:
     """The account balance (USD) of a 2xx ``GET /api/v1/team/balance`` answer
     (``{"code": 0, "data": {"balance": 12.3456}}``); a number given as text is accepted."""
-    data = checked_data("balance", http_status, headers, payload)
+    data = checked_data("account", http_status, headers, payload)
     value = data.get("balance")
     if isinstance(value, str):
         try:

@@ -30,6 +30,7 @@ import hashlib
 import json
 import logging
 import re
+import ssl
 from collections.abc import AsyncIterable, Callable, Mapping
 from types import TracebackType
 from typing import Any
@@ -63,7 +64,7 @@ from batchgen.api.errors import (
     ServerError,
     TransportFailure,
 )
-from batchgen.api.failures import NetworkErrors
+from batchgen.api.failures import ConnectionUse, NetworkErrors, tls_environment_problem
 from batchgen.api.text import body_snippet, sanitize
 from batchgen.api.urls import (
     check_proxy_environment,
@@ -78,12 +79,16 @@ from batchgen.api.urls import (
     validate_base_url,
 )
 
-__all__ = ["MAX_REDIRECTS", "ModellixClient"]
+__all__ = ["BALANCE_PATH", "MAX_REDIRECTS", "VALIDATE_PATH", "ModellixClient"]
 
 logger = logging.getLogger(__name__)
 
 MAX_REDIRECTS = 3
 #: Where the provider reports the account balance (its official CLI calls it).
+BALANCE_PATH = "/api/v1/team/balance"
+
+#: The account endpoints the provider's official CLI calls (docs/api.md).
+VALIDATE_PATH = "/api/v1/apikey/validate"
 BALANCE_PATH = "/api/v1/team/balance"
 
 _SUBMIT_PATH_RE = re.compile(r"/[A-Za-z0-9._~/@+-]*")
@@ -153,6 +158,9 @@ class ModellixClient:
         max_download_bytes: downloads larger than this are refused.
         max_response_bytes: JSON answers larger than this are a :class:`ProtocolError`.
         max_keepalive_connections: idle connections kept (default: ``max_connections``).
+        resend_on_recycled: send a submit once more when a kept-alive connection was reset
+            by the server before it read the submit (docs/network.md); ``False`` makes that
+            case an ambiguous failure like any other dropped connection.
 
     Raises :class:`ConfigError` for a bad base URL, key or limit, or a SOCKS proxy in the
     environment without the ``socks`` extra.
@@ -171,6 +179,7 @@ class ModellixClient:
         max_download_bytes: int = 50 * 2**20,
         max_response_bytes: int = 2**20,
         max_keepalive_connections: int | None = None,
+        resend_on_recycled: bool = True,
     ) -> None:
         self._base_url = validate_base_url(base_url)
         self._api_origin = origin_of(httpx.URL(self._base_url))
@@ -181,6 +190,10 @@ class ModellixClient:
         self.max_download_bytes = max_download_bytes
         self.max_response_bytes = max_response_bytes
         self.operation_timeout = operation_timeout
+        #: Submits sent again because a kept-alive connection was reset before the server
+        #: read them (see :class:`batchgen.api.failures.ConnectionUse`).
+        self.stale_connection_retries = 0
+        self._resend_on_recycled = resend_on_recycled
         limits = httpx.Limits(
             max_connections=max_connections,
             max_keepalive_connections=(
@@ -191,16 +204,19 @@ class ModellixClient:
         default = transport is None
         if default:
             check_proxy_environment()
-        self._http = _AsyncClient(
-            headers={"User-Agent": f"batchgen/{__version__}"},
-            timeout=httpx.Timeout(timeout, connect=connect_timeout),
-            limits=limits,
-            transport=transport,
-            follow_redirects=False,
-            # httpx's own transport honours the proxy and TLS environment (cron hosts behind a
-            # proxy); a given transport (tests, in-process simulator) is used as is.
-            trust_env=default,
-        )
+        try:
+            self._http = _AsyncClient(
+                headers={"User-Agent": f"batchgen/{__version__}"},
+                timeout=httpx.Timeout(timeout, connect=connect_timeout),
+                limits=limits,
+                transport=transport,
+                follow_redirects=False,
+                # httpx's own transport honours the proxy and TLS environment (cron hosts behind
+                # a proxy); a given transport (tests, in-process simulator) is used as is.
+                trust_env=default,
+            )
+        except (OSError, ssl.SSLError) as exc:  # SSL_CERT_FILE/SSL_CERT_DIR unreadable
+            raise ConfigError(tls_environment_problem(exc)) from None
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -281,6 +297,24 @@ class ModellixClient:
             exc._scrub(self._key.reveal() if self._key else None)
             raise
 
+    async def validate_key(self) -> bool:
+        """``GET /api/v1/apikey/validate``: whether the provider says the key is valid.
+
+        Raises :class:`AuthError` (401/403), :class:`NotFound` (404: a provider without that
+        endpoint), :class:`Unreachable` and the other :class:`ApiError`\\ s. Costs nothing.
+        """
+        _, payload = await self._account(VALIDATE_PATH)
+        return key_valid_in(payload)
+
+    async def _account(self, path: str) -> tuple[httpx.Headers, Any]:
+        """GET one of the account endpoints; (answer headers, parsed JSON) of a 2xx answer."""
+        try:
+            _, headers, payload = await self._call_json("account", "GET", self._api_url(path))
+        except ApiError as exc:
+            exc._scrub(self._key.reveal() if self._key else None)
+            raise
+        return headers, payload
+
     async def download(self, url: str, file: Writable) -> DownloadResult:
         """Stream the file at *url* into *file* (an open binary file or any :class:`Writable`);
         count bytes and sha256.
@@ -306,7 +340,7 @@ class ModellixClient:
         """
         try:
             http_status, headers, payload = await self._call_json(
-                "balance", "GET", self._api_url(BALANCE_PATH)
+                "account", "GET", self._api_url(BALANCE_PATH)
             )
             return balance_from(http_status, headers, payload)
         except ApiError as exc:
@@ -325,9 +359,22 @@ class ModellixClient:
                 f"submit: request body is not valid JSON ({type(exc).__name__})",
                 operation="submit",
             ) from exc
-        http_status, headers, payload = await self._call_json(
-            "submit", "POST", self._api_url(submit_path), content=content
-        )
+        url = self._api_url(submit_path)
+        use = ConnectionUse()
+        try:
+            http_status, headers, payload = await self._call_json(
+                "submit", "POST", url, content=content, trace=use
+            )
+        except TransportFailure as exc:
+            if not (self._resend_on_recycled and use.closed_unread(exc)):
+                raise
+            # A kept-alive connection reset by the server before it read the submit: it cannot
+            # have created a task. Once more, on a connection the pool checks anew.
+            self.stale_connection_retries += 1
+            logger.info("submit: kept-alive connection reset before it was read; sending again")
+            http_status, headers, payload = await self._call_json(
+                "submit", "POST", url, content=content
+            )
         submitted = submitted_from(http_status, headers, payload, self._same_origin)
         logger.debug("submit: accepted task %s", submitted.task_id)
         return submitted
@@ -354,6 +401,7 @@ class ModellixClient:
         url: str | httpx.URL,
         headers: Mapping[str, str],
         content: Content = None,
+        trace: ConnectionUse | None = None,
     ) -> httpx.Response:
         """The one seam every request goes through: send it with ``httpx.AsyncClient.send``
         and return the answer with its body unread (stream it, then ``aclose`` it).
@@ -361,17 +409,27 @@ class ModellixClient:
         ``Authorization`` is added here, for the API's origin only. Redirects are never
         followed here. ``method`` is GET, HEAD or POST (else ``ValueError``); ``content`` is
         bytes (sent with a ``Content-Length``) or an async iterable of bytes (sent chunked).
+        ``trace`` (httpcore's trace extension) learns whether the connection was new.
         """
         if method not in _METHODS:
             raise ValueError(f"unsupported method {method!r}")
         parsed = url if isinstance(url, httpx.URL) else parsed_url(url)
         if self._key is not None and key_goes_to(parsed, self._api_origin):
             headers = {**headers, "Authorization": f"Bearer {self._key.reveal()}"}
-        request = self._http.build_request(method, parsed, content=content, headers=headers)
+        extensions = {"trace": trace} if trace is not None else None
+        request = self._http.build_request(
+            method, parsed, content=content, headers=headers, extensions=extensions
+        )
         return await self._http.send(request, stream=True)
 
     async def _call_json(
-        self, op: Operation, method: str, url: str, *, content: bytes | None = None
+        self,
+        op: Operation,
+        method: str,
+        url: str,
+        *,
+        content: bytes | None = None,
+        trace: ConnectionUse | None = None,
     ) -> tuple[int, httpx.Headers, Any]:
         """Send one API request; return (status, headers, parsed JSON) for 2xx answers.
 
@@ -382,7 +440,7 @@ class ModellixClient:
             headers["Content-Type"] = "application/json"
         too_big = False
         async with self._network_errors(op, lambda: f"{method} {urlsplit(url).path}"):
-            response = await self._send(method, url, headers, content)
+            response = await self._send(method, url, headers, content, trace)
             try:
                 body, too_big = await _read_capped(response, self.max_response_bytes)
             finally:
@@ -550,6 +608,12 @@ class ModellixClient:
             sha256=digest.hexdigest(),
             content_type=sanitize(content_type, 100) if content_type else None,
         )
+
+
+def key_valid_in(payload: Any) -> bool:
+    """Whether an ``apikey/validate`` answer says ``data.is_valid: true``."""
+    data = payload.get("data") if isinstance(payload, dict) else None
+    return isinstance(data, dict) and data.get("is_valid") is True
 
 
 class _LazyGet:

@@ -22,6 +22,7 @@ __all__ = [
     "ResultExpired",
     "ServerError",
     "TransportFailure",
+    "Unreachable",
 ]
 
 
@@ -43,6 +44,8 @@ class ApiError(BatchgenError):
             and created a (billed) task. Only ever true for submits.
         retry_after: seconds the server asked to wait (``Retry-After`` / ``X-RateLimit-Reset``).
         stops_run: the whole run must stop submitting (401, 402, unknown model, bad config).
+        sent: the request may have been written to a server; false when it certainly was not
+            (the connection or its TLS handshake failed first, or it could not be built).
     """
 
     default_retryable = False
@@ -59,6 +62,7 @@ class ApiError(BatchgenError):
         ambiguous: bool = False,
         retry_after: float | None = None,
         stops_run: bool | None = None,
+        sent: bool = True,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -69,6 +73,7 @@ class ApiError(BatchgenError):
         self.ambiguous = ambiguous
         self.retry_after = retry_after
         self.stops_run = self.default_stops_run if stops_run is None else stops_run
+        self.sent = sent
         if self.stops_run:  # e.g. a 404 on submit: the model is unknown, nothing can run
             self.exit_code = ExitCode.STOPPED
 
@@ -129,6 +134,21 @@ class TransportFailure(ApiError):
     """No usable answer: timeout, refused or dropped connection, short download."""
 
     default_retryable = True
+
+
+class Unreachable(TransportFailure):
+    """The server could not be reached for a reason that looks like configuration, not luck:
+    the connection was refused, the host name does not resolve, or the certificate failed
+    verification. Nothing was sent (``sent`` is false). ``address`` is ``host:port``; ``cause``
+    says which of the three. Retryable (a server may come back), but a run whose submissions
+    never reached the server stops at once on it (exit 3)."""
+
+    def __init__(
+        self, message: str, *, address: str, cause: str, operation: str | None = None
+    ) -> None:
+        super().__init__(message, operation=operation, sent=False)
+        self.address = address
+        self.cause = cause
 
 
 class ProtocolError(ApiError):

@@ -1,7 +1,9 @@
 """The failures of one network operation: its overall deadline, and what httpx raises turned
 into :class:`TransportFailure` or :class:`ProtocolError`.
 
-Guarantees: nothing sent (refused, connect or pool timeout) is never ``ambiguous``; anything
+Guarantees: nothing sent (refused, connect or pool timeout) is never ``ambiguous`` and has
+``sent`` false; a refused connection, a name that does not resolve and a certificate that fails
+verification are :class:`Unreachable` (naming ``host:port`` and the cause); anything
 that may have reached the server (a read timeout, a dropped connection, an unreadable answer,
 the deadline) is ``ambiguous`` on submit; an answer head past the transport's cap is a
 :class:`ProtocolError`. Messages are sanitised and bounded.
@@ -10,6 +12,9 @@ the deadline) is ``ambiguous`` on submit; an answer head past the transport's ca
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
+import ssl
 import sys
 from collections.abc import Callable
 from types import TracebackType
@@ -19,10 +24,16 @@ import anyio
 import httpx
 
 from batchgen.api.answers import Operation
-from batchgen.api.errors import ProtocolError, TransportFailure
+from batchgen.api.errors import ProtocolError, TransportFailure, Unreachable
 from batchgen.api.text import sanitize
 
-__all__ = ["NetworkErrors"]
+__all__ = [
+    "ConnectionUse",
+    "NetworkErrors",
+    "address_of",
+    "tls_environment_problem",
+    "unreachable_cause",
+]
 
 
 class NetworkErrors:
@@ -72,16 +83,27 @@ class NetworkErrors:
                 operation=op,
                 ambiguous=submit,
             ) from exc
+        if isinstance(exc, httpx.ConnectError):
+            cause = unreachable_cause(exc)
+            if cause is not None:
+                address = address_of(exc)
+                raise Unreachable(
+                    f"{op}: {what}: cannot reach {address}: {cause} ({_describe(exc)})",
+                    address=address,
+                    cause=cause,
+                    operation=op,
+                ) from exc
         if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)):
             # Nothing was sent: never ambiguous.
             raise TransportFailure(
-                f"{op}: {what}: could not connect ({_describe(exc)})", operation=op
+                f"{op}: {what}: could not connect ({_describe(exc)})", operation=op, sent=False
             ) from exc
         if isinstance(exc, httpx.LocalProtocolError):
             raise TransportFailure(
                 f"{op}: {what}: request could not be sent ({_describe(exc)})",
                 operation=op,
                 retryable=False,
+                sent=False,
             ) from exc
         if isinstance(exc, httpx.RemoteProtocolError) and _head_too_large(exc):
             raise ProtocolError(
@@ -104,6 +126,96 @@ class NetworkErrors:
             operation=op,
             ambiguous=submit,
         ) from exc
+
+
+#: httpcore's trace events after which nothing of the answer has arrived.
+_BEFORE_ANSWER = frozenset(
+    {
+        "http11.send_request_headers.failed",
+        "http11.send_request_body.failed",
+        "http11.receive_response_headers.failed",
+    }
+)
+
+
+class ConnectionUse:
+    """httpcore's ``trace`` extension for one request: whether it opened a new connection and
+    where it failed. :meth:`closed_unread` is the one case a submit is sent again: on a
+    *reused* connection, a reset (``ECONNRESET``/``EPIPE``) while the request was written or
+    before any byte of the answer. A kernel resets a connection closed with unread data in
+    it: the server never read the request, so it created no task. A clean close without an
+    answer (``Server disconnected without sending a response``) is *not* that case: a server
+    or proxy may have processed the request and lost its answer; it stays ambiguous."""
+
+    __slots__ = ("failed_at", "fresh")
+
+    def __init__(self) -> None:
+        self.fresh = False
+        self.failed_at: str | None = None
+
+    async def __call__(self, name: str, info: Any) -> None:
+        if name.startswith("connection.connect_tcp."):
+            self.fresh = True
+        elif name.endswith(".failed"):
+            self.failed_at = name
+
+    def closed_unread(self, failure: BaseException) -> bool:
+        """Whether ``failure`` (a :class:`TransportFailure`) is that case."""
+        if self.fresh or self.failed_at not in _BEFORE_ANSWER:
+            return False
+        chain = _chain(failure)
+        return any(isinstance(e, (httpx.WriteError, httpx.ReadError)) for e in chain) and any(
+            isinstance(e, (ConnectionResetError, BrokenPipeError)) for e in chain
+        )
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """``exc`` and its causes (httpx -> httpcore -> anyio/OSError: a short chain)."""
+    seen: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and len(seen) < 8 and current not in seen:
+        seen.append(current)
+        current = current.__cause__ or current.__context__
+    return seen
+
+
+def unreachable_cause(exc: BaseException) -> str | None:
+    """Why a connection failed when the reason is one configuration explains (the name does
+    not resolve, nothing listens on the port, the certificate fails verification); ``None``
+    for the rest (timeouts, resets, other TLS failures)."""
+    for err in _chain(exc):
+        if isinstance(err, ssl.SSLCertVerificationError):
+            detail = sanitize(err.verify_message or str(err), 120)
+            return f"TLS certificate verification failed ({detail})"
+        if isinstance(err, socket.gaierror):
+            return "the host name does not resolve (DNS)"
+        if isinstance(err, ConnectionRefusedError):
+            return "connection refused (nothing listens on that port)"
+    return None
+
+
+def address_of(exc: BaseException) -> str:
+    """``host:port`` of the request that failed (the scheme's port when the URL has none)."""
+    try:
+        url = exc.request.url  # type: ignore[attr-defined]
+    except (AttributeError, RuntimeError):
+        return "the server"
+    port = url.port or (443 if url.scheme == "https" else 80)
+    host = f"[{url.host}]" if ":" in url.host else url.host
+    return sanitize(f"{host}:{port}", 300)
+
+
+def tls_environment_problem(exc: BaseException) -> str:
+    """One line for a TLS context that cannot be built from ``SSL_CERT_FILE``/``SSL_CERT_DIR``
+    (a missing or unreadable CA file): the variable, the file and the cause."""
+    for name in ("SSL_CERT_FILE", "SSL_CERT_DIR"):
+        value = os.environ.get(name)
+        if value:
+            return (
+                f"{name}={sanitize(value, 200)} cannot be used as the CA certificates for TLS:"
+                f" {_describe(exc)}; fix or unset {name}"
+            )
+    return f"cannot set up TLS: {_describe(exc)}"
 
 
 def _describe(exc: BaseException) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
@@ -10,6 +11,8 @@ from typing import Any, TypeVar, cast
 from batchgen.errors import ExitCode
 from batchgen.simulator.settings import (
     FAULT_ROUTES,
+    REALISTIC_LIMITS,
+    SUBMIT_PATHS_SERVED,
     FaultRoute,
     Latency,
     SimulatorConfig,
@@ -124,7 +127,22 @@ def add_parser(subparsers: Any) -> None:
     limits.add_argument("--rate-limit", type=float, help="token bucket, requests per real second")
     limits.add_argument("--rate-burst", type=int, help="token bucket size")
     limits.add_argument(
-        "--rate-limit-scope", choices=("submit", "all"), default="submit", help="what is counted"
+        "--rate-limit-scope",
+        choices=("submit", "all"),
+        help="what the token bucket counts (default submit)",
+    )
+    limits.add_argument(
+        "--realistic",
+        action="store_true",
+        help="the provider's documented limits: --rate-limit 100/60 --rate-limit-scope all "
+        "--max-concurrent-tasks 3 --result-ttl 86400 (flags given explicitly win)",
+    )
+    serve.add_argument(
+        "--submit-paths",
+        choices=SUBMIT_PATHS_SERVED,
+        default="all",
+        help="which submit-path shapes answer (others 404): all, async (only .../async), "
+        "no-async (only the shape without /async)",
     )
 
     faults = parser.add_argument_group("random faults (per request, seeded)")
@@ -193,7 +211,8 @@ def config_from_args(args: argparse.Namespace) -> SimulatorConfig:
         max_concurrent_tasks=args.max_concurrent_tasks,
         rate_limit=args.rate_limit,
         rate_burst=args.rate_burst,
-        rate_limit_scope=args.rate_limit_scope,
+        rate_limit_scope=args.rate_limit_scope or "submit",
+        submit_paths=args.submit_paths,
         error_500_rate=args.error_500_rate,
         error_503_rate=args.error_503_rate,
         error_429_rate=args.error_429_rate,
@@ -211,6 +230,9 @@ def config_from_args(args: argparse.Namespace) -> SimulatorConfig:
     )
     if args.faults is not None:
         config = config.with_faults(args.faults)
+    if args.realistic:
+        preset = {k: v for k, v in REALISTIC_LIMITS.items() if getattr(args, k) is None}
+        config = dataclasses.replace(config, **preset)  # type: ignore[arg-type]
     return config
 
 

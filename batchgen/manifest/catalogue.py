@@ -35,6 +35,7 @@ from batchgen.manifest.diagnostics import did_you_mean, one_of, quoted, short
 from batchgen.manifest.extension import Extension, parse_extension
 
 __all__ = [
+    "PROVIDER_SUBMIT_SHAPES",
     "FieldProblem",
     "ModelSchema",
     "SchemaFileError",
@@ -157,6 +158,15 @@ def load_models_in(dirs: Iterable[Path]) -> list[ModelSchema]:
     """Every model schema found in ``dirs`` (first match wins), sorted by name."""
     key = tuple(dirs)
     return [_load_model(name, key) for name in sorted(_model_files(key))]
+
+
+#: Every submit-path shape the provider has documented or used (its docs, its official CLIs):
+#: the fallbacks tried after a model's own ``submit_paths`` when a submit answers 404.
+PROVIDER_SUBMIT_SHAPES = (
+    "/api/v1/{type}/{provider}/{model}/async",
+    "/api/v1/{provider}/{model}/async",
+    "/api/v1/{provider}/{model}",
+)
 
 
 def render_submit_path(template: str, model: str, task_type: str) -> str:

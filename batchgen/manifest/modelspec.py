@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from batchgen.manifest.catalogue import (
+    PROVIDER_SUBMIT_SHAPES,
     ModelSchema,
     available_models,
     load_model,
@@ -47,6 +48,14 @@ class ModelSpec:
     price: tuple[PriceRule, ...] | None  # None: list price unknown
     validator: ModelSchema
     file: Path
+
+    @property
+    def submit_path_candidates(self) -> tuple[str, ...]:
+        """The model's own submit paths, then the provider's other documented shapes
+        (:data:`batchgen.manifest.catalogue.PROVIDER_SUBMIT_SHAPES`), without repeats: the
+        order in which a run tries them when a submit answers 404."""
+        shapes = (render_submit_path(t, self.id, self.task_type) for t in PROVIDER_SUBMIT_SHAPES)
+        return tuple(dict.fromkeys((*self.submit_paths, *shapes)))
 
     @property
     def outputs_field(self) -> str | None:

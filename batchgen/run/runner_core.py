@@ -29,6 +29,7 @@ from batchgen.run.job_source import JobSource
 from batchgen.run.options import LimitsLike, RunOptions
 from batchgen.run.pacing import AimdLimit, DownloadLane, RateLimiter, backoff_delay
 from batchgen.run.polling import PollSchedule
+from batchgen.run.submit_paths import SubmitPaths
 from batchgen.run.summary import RunSummary
 from batchgen.store.errors import StateError
 from batchgen.store.outputs import OutputDir
@@ -37,12 +38,6 @@ from batchgen.store.state import StateStore
 __all__ = ["RunnerCore"]
 
 logger = logging.getLogger("batchgen.run")
-
-
-def _default_submit_path(model: str) -> str:
-    from batchgen.manifest.catalogue import load_model  # noqa: PLC0415 - keep the runner importable alone
-
-    return load_model(model).submit_path
 
 
 class RunnerCore:
@@ -73,7 +68,10 @@ class RunnerCore:
             min_interval=self.opts.min_poll_interval,
             max_interval=self.opts.max_poll_interval,
         )
-        self._paths: dict[str, str] = {}
+        self._paths = SubmitPaths(store, self.opts.submit_path)
+        # Whether a submit of this run was ever written to the server: until then, a server
+        # that cannot be reached for a configuration reason stops the run at once.
+        self._reached_server = False
         self._counts: Counter[str] = Counter()
         self._in_flight = 0  # remote tasks submitted (or being submitted) and not ended
         # Submit requests sent and not yet answered (and recorded): a SIGKILL can orphan at most
@@ -101,11 +99,7 @@ class RunnerCore:
         self._counts[to_state] += 1
 
     def _submit_path(self, model: str) -> str:
-        path = self._paths.get(model)
-        if path is None:
-            path = (self.opts.submit_path or _default_submit_path)(model)
-            self._paths[model] = path
-        return path
+        return self._paths.path(model)
 
     def _stop(self, reason: str, code: int) -> None:
         if self._stop_submitting is None:

@@ -37,7 +37,8 @@ from batchgen.manifest.loader import load_manifest
 from batchgen.manifest.pricing import PriceBook
 from batchgen.manifest.shard import Shard, filter_shard, shard_run_dir
 from batchgen.manifest.types import Limits
-from batchgen.run.preflight import check_balance, check_ceilings, check_default, store_bill
+from batchgen.run.budget_checks import check_balance, check_ceilings, check_default, store_bill
+from batchgen.run.preflight import check_key_before_run
 from batchgen.run.progress import Progress
 from batchgen.run.runner import RunOptions, RunSummary, run_jobs
 from batchgen.store.errors import StateError
@@ -106,7 +107,7 @@ class RunRequest:
     max_cost: float | None = None
     """Override ``limits.max_cost`` (estimated USD of the run directory)."""
     yes: bool = False
-    """Go ahead without a ceiling past :data:`batchgen.run.preflight.DEFAULT_CONFIRM_TASKS`."""
+    """Go ahead without a ceiling past :data:`batchgen.run.budget_checks.DEFAULT_CONFIRM_TASKS`."""
     confirm: Callable[[str], bool] | None = None
     """Asked (with the reason) when a run without a ceiling is large; None: refuse."""
     options: dict[str, Any] = field(default_factory=dict)
@@ -173,10 +174,14 @@ async def run_session(
         raise SessionError(
             f"{req.target} is neither a manifest nor a run directory", ExitCode.USAGE
         )
+    key_checked = False
     if manifest is not None and not req.simulate:
         # Before the run directory and its state file exist: a new user's first run without
-        # a key leaves nothing behind on disk.
-        _require_api_key(env)
+        # a key, with a refused key or an unreachable base URL leaves nothing behind on disk.
+        key = _require_api_key(env)
+        if not (run_dir / DB_NAME).exists():
+            await check_key_before_run(pick_base_url(req.base_url, env, {}), key)
+            key_checked = True
     _refuse_images_without_state(run_dir)
 
     try:
@@ -184,7 +189,7 @@ async def run_session(
     except OSError as exc:
         raise SessionError(f"cannot use run directory {run_dir}: {exc}") from exc
     try:
-        return await _locked(req, manifest, run_dir, stop, env)
+        return await _locked(req, manifest, run_dir, stop, env, key_checked=key_checked)
     finally:
         lock.release()
 
@@ -248,6 +253,8 @@ async def _locked(
     run_dir: Path,
     stop: asyncio.Event | None,
     env: Mapping[str, str],
+    *,
+    key_checked: bool,
 ) -> RunSummary:
     try:
         store = StateStore.open(run_dir, create=manifest is not None)
@@ -259,6 +266,8 @@ async def _locked(
         base_limits = manifest.limits if manifest is not None else Limits()
         limits = _limits_from(stored.get("limits") if manifest is None else None, base_limits, req)
         base_url = "http://127.0.0.1" if simulate else pick_base_url(req.base_url, env, stored)
+        if not simulate and not key_checked:
+            await check_key_before_run(base_url, _require_api_key(env))
         settings: dict[str, Any] = {
             "limits": dataclasses.asdict(limits),
             "base_url": base_url,

@@ -12,8 +12,15 @@ Outcomes of a submit:
   (:class:`batchgen.run.pacing.RateLimiter`); each accepted submit grows the limit back by
   one (AIMD).
 * 400: the job is ``rejected``; never retried.
-* 401, 402, 404 on submit, bad configuration: no new submission at all; tasks already
+* 404 on submit: no task was created; the model's next documented path shape is tried
+  (:mod:`batchgen.run.submit_paths`); when none is left, as 401 below.
+* 401, 402, bad configuration: no new submission at all; tasks already
   running are still polled and downloaded; exit code 3.
+* A refused connection, a name that does not resolve or a certificate that fails
+  verification (:class:`batchgen.api.Unreachable`) before any submit of the run reached the
+  server: the same stop, at once, naming ``host:port`` and the cause.
+* Only a request written to a server counts in ``submitted``; a submit that never left
+  (refused, TLS failure) puts the job back to ``pending``, never ambiguous.
 * 5xx, timeouts, dropped connections: retried with backoff while attempts remain.  A submit
   whose outcome is unknown is resubmitted and counted as ambiguous, or failed when
   ``limits.resubmit_unknown`` is false.
@@ -29,7 +36,7 @@ from __future__ import annotations
 import logging
 import time
 
-from batchgen.api import ApiError, RateLimited, Rejected
+from batchgen.api import ApiError, NotFound, RateLimited, Rejected, Unreachable
 from batchgen.errors import ExitCode
 from batchgen.manifest.inputs import materialize_body
 from batchgen.run.following import Follows
@@ -108,22 +115,26 @@ class Submits(Follows):
             attempts = self.store.mark_submitting(job_id)
             self._jobs.taken(job_id)
             self._moved("pending", "submitting")
-            self.summary.submitted += 1
             sent_at = time.monotonic()
+            path = self._submit_path(job.model)
             try:
-                submitted = await self.client.submit(
-                    self._submit_path(job.model), materialize_body(job.body)
-                )
-            except RateLimited as exc:
-                self._guard.settle(job_id, job.model, job.body, billed=False)
-                self._on_throttled(job_id, exc, sent_at)
-                return False
+                submitted = await self.client.submit(path, materialize_body(job.body))
             except ApiError as exc:
+                if exc.sent:  # only a request written to a server counts as a submission
+                    self.summary.submitted += 1
+                    self._reached_server = True
+                if isinstance(exc, RateLimited):
+                    self._guard.settle(job_id, job.model, job.body, billed=False)
+                    self._on_throttled(job_id, exc, sent_at)
+                    return False
                 charge = self._guard.settle(job_id, job.model, job.body, billed=exc.ambiguous)
                 if exc.ambiguous:  # it may have created a billed task
                     self.store.record_submission(job_id, AMBIGUOUS, charge)
-                self._on_submit_error(job_id, attempts, exc)
+                if not self._other_submit_path(job_id, job.model, path, exc):
+                    self._on_submit_error(job_id, attempts, exc)
                 return False
+            self.summary.submitted += 1
+            self._reached_server = True
             self._throttle_streak = 0
             self._aimd.on_success()
             # The task_id (and the billed submission) is committed before anything else
@@ -167,7 +178,31 @@ class Submits(Follows):
             self._moved("submitting", "pending")
             self._schedule_retry(job_id, 0.0)
 
+    def _other_submit_path(self, job_id: str, model: str, path: str, exc: ApiError) -> bool:
+        """A 404 on submit created no task: when the model has another documented path shape
+        (:class:`batchgen.run.submit_paths.SubmitPaths`), the job goes back to the queue at once
+        without using an attempt (True)."""
+        if not (isinstance(exc, NotFound) and exc.http_status == 404):
+            return False
+        if not self._paths.not_found(model, path):
+            return False
+        self.store.mark_pending(job_id, f"submit path not found: {exc}", refund_attempt=True)
+        self._moved("submitting", "pending")
+        self._schedule_retry(job_id, 0.0)
+        return True
+
     def _on_submit_error(self, job_id: str, attempts: int, exc: ApiError) -> None:
+        if isinstance(exc, Unreachable) and not self._reached_server:
+            # Nothing of this run ever reached the server, and the reason is configuration
+            # (refused, DNS, certificate): every other job would fail the same way.
+            self.store.mark_pending(job_id, f"not submitted: {exc}", refund_attempt=True)
+            self._moved("submitting", "pending")
+            self._stop(
+                f"cannot reach {exc.address}: {exc.cause}; no submission reached the server"
+                " (check --base-url, MODELLIX_BASE_URL and the TLS set-up)",
+                ExitCode.STOPPED,
+            )
+            return
         if exc.stops_run:
             self.store.mark_pending(job_id, f"not submitted: {exc}", refund_attempt=True)
             self._moved("submitting", "pending")

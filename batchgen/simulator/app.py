@@ -229,7 +229,7 @@ class Simulator:
             route = "account"
         elif path.startswith(TASKS_PREFIX):
             route = "poll"
-        elif path in self._models:
+        elif path in self._models and self.config.serves_submit_path(path):
             route = "submit"
         elif path.startswith(FILES_PREFIX):
             route = "download"
@@ -389,12 +389,13 @@ class Simulator:
             return Answer(200, self._prefix["processing"] + task.ident + b"}}", [])
         base = self._base_url(scope)
         if task.final is None or task.final[0] != base:
-            task.final = (base, result_body(task, base, self.config, self._simulated_epoch))
+            task.final = (base, result_body(task, base, self.config, self._wall_time))
         return Answer(200, task.final[1], [])
 
-    def _simulated_epoch(self, at: float) -> float:
-        """Unix time of the simulated clock at real clock reading ``at``."""
-        return self._epoch_wall + (at - self._epoch_clock) / self.config.time_scale
+    def _wall_time(self, at: float) -> float:
+        """Unix time (the real wall clock) at the simulator's clock reading ``at``: the API's
+        timestamps never run ahead of the real clock, whatever ``time_scale``."""
+        return self._epoch_wall + (at - self._epoch_clock)
 
     def _download(self, rest: str) -> Answer:
         task_id, _, name = rest.partition("/")

@@ -11,17 +11,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from batchgen.manifest.catalogue import ModelSchema, load_models_in, model_dirs
+from batchgen.manifest.catalogue import (
+    PROVIDER_SUBMIT_SHAPES,
+    ModelSchema,
+    load_models_in,
+    model_dirs,
+)
 from batchgen.manifest.modelspec import ModelSpec, spec_of
 from batchgen.simulator.png import MAX_SIDE
 
 __all__ = ["SUBMIT_SHAPES", "SimModel", "body_problems", "image_size", "load_models"]
 
-SUBMIT_SHAPES = (
-    "/api/v1/{type}/{provider}/{model}/async",
-    "/api/v1/{provider}/{model}/async",
-    "/api/v1/{provider}/{model}",
-)
+SUBMIT_SHAPES = PROVIDER_SUBMIT_SHAPES
 _SIZE_RE = re.compile(r"^\s*(\d{1,5})\s*[xX*]\s*(\d{1,5})\s*$")
 
 
@@ -59,12 +60,7 @@ def load_models(schema_dir: Path | None) -> dict[str, SimModel]:
             default_size=size if isinstance(size, str) else None,
             spec=spec,
         )
-        shapes = [*spec.submit_paths]
-        for shape in SUBMIT_SHAPES:
-            shapes.append(
-                shape.format(type=spec.task_type, provider=spec.provider, model=model.model_id)
-            )
-        for path in shapes:
+        for path in spec.submit_path_candidates:
             by_path.setdefault(path, model)
     return by_path
 

@@ -19,6 +19,8 @@ from statistics import NormalDist
 from typing import Literal
 
 LatencyKind = Literal["fixed", "uniform", "lognormal"]
+SubmitPathsServed = Literal["all", "async", "no-async"]
+SUBMIT_PATHS_SERVED: tuple[SubmitPathsServed, ...] = ("all", "async", "no-async")
 FaultRoute = Literal["submit", "poll", "download"]
 FAULT_ROUTES: tuple[FaultRoute, ...] = ("submit", "poll", "download")
 EXPIRED_STATUSES = (403, 404, 410)
@@ -139,6 +141,17 @@ class StatusNames:
     """Documented variants a client must accept: ``error``, ``canceled``, ``cancelled``."""
 
 
+#: ``--realistic``: the provider's documented limits (docs/api.md): 100 requests a minute per
+#: key (every API request counted), a few concurrent tasks per account (3), result URLs that
+#: live 24 hours. Only existing knobs; a knob set explicitly wins over the preset.
+REALISTIC_LIMITS: dict[str, object] = {
+    "max_concurrent_tasks": 3,
+    "rate_limit": 100 / 60,
+    "rate_limit_scope": "all",
+    "result_ttl": 24 * 3600.0,
+}
+
+
 @dataclass(frozen=True)
 class SimulatorConfig:
     """Every knob of the simulator. All random decisions derive from ``seed``.
@@ -199,6 +212,12 @@ class SimulatorConfig:
     """Round every ``Retry-After`` up to whole seconds (strict HTTP); by default a
     value under one second is sent as a decimal, for fast time-scaled runs."""
 
+    # --- API shape ---
+    submit_paths: SubmitPathsServed = "all"
+    """Which submit-path shapes answer: ``all``, ``async`` (only paths ending in ``/async``)
+    or ``no-async`` (only paths without it, like the provider's newest CLI); the others
+    answer 404 like an unknown route."""
+
     # --- result files ---
     result_ttl: float | None = None
     """Result URLs stop working this many simulated seconds after the task ended."""
@@ -250,7 +269,17 @@ class SimulatorConfig:
         _check(self.download_latency >= 0, "download_latency must be >= 0")
         unknown = set(self.fault_routes) - set(FAULT_ROUTES)
         _check(not unknown, f"unknown fault routes: {sorted(unknown)}")
+        _check(
+            self.submit_paths in SUBMIT_PATHS_SERVED,
+            f"submit_paths must be one of {SUBMIT_PATHS_SERVED}, not {self.submit_paths!r}",
+        )
         _check(self.api_key != "", "api_key must be non-empty, or None to accept any request")
+
+    def serves_submit_path(self, path: str) -> bool:
+        """Whether a submit to ``path`` (a known model's path) is answered (``submit_paths``)."""
+        if self.submit_paths == "all":
+            return True
+        return path.endswith("/async") == (self.submit_paths == "async")
 
     @property
     def burst(self) -> int:

@@ -141,7 +141,7 @@ def result_body(
     task: SimTask, base: str, config: SimulatorConfig, epoch: Callable[[float], float]
 ) -> bytes:
     """The poll answer of an ended task: its ``k`` result files under ``base``, or its
-    failure; ``epoch`` turns a real clock reading into simulated Unix time."""
+    failure; ``epoch`` turns a clock reading into real Unix time."""
     names = config.status_names
     data: dict[str, Any] = {
         "status": names.failed if task.fails else names.success,
@@ -154,7 +154,8 @@ def result_body(
             data["error"] = "Simulated failure: the model could not generate the image"
     else:
         submit_time = epoch(task.submitted_at)
-        end_time = submit_time + task.duration_ms / 1000
+        scale = config.time_scale  # the task took its simulated duration, scaled
+        end_time = submit_time + task.duration_ms / 1000 * scale
         data["result"] = {
             "resources": [
                 {
@@ -174,5 +175,5 @@ def result_body(
             "extensions": {"submit_time": int(submit_time), "end_time": int(end_time)},
         }
         if config.result_ttl is not None:
-            data["result_expires_at"] = int(end_time + config.result_ttl)
+            data["result_expires_at"] = int(end_time + config.result_ttl * scale)
     return dumps({"code": 0, "message": "success", "data": data})
