@@ -438,7 +438,7 @@ def balance_from(http_status: int, headers: Mapping[str, str], payload: Any) -> 
         raise ProtocolError(
             f"balance: HTTP {http_status}: answer has no usable data.balance ({shown!r})",
             http_status=http_status,
-            operation="balance",
+            operation="account",
             retryable=False,
         )
     return float(value)

@@ -21,12 +21,19 @@ import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import httpx
 
-from batchgen.api.client import BALANCE_PATH, VALIDATE_PATH, ModellixClient, key_valid_in
-from batchgen.api.errors import ApiError, AuthError, ConfigError, NotFound, Unreachable
+from batchgen.api.client import VALIDATE_PATH, ModellixClient, key_valid_in
+from batchgen.api.errors import (
+    ApiError,
+    AuthError,
+    ConfigError,
+    NotFound,
+    ProtocolError,
+    Unreachable,
+)
 from batchgen.api.text import sanitize
 from batchgen.api.urls import (
     ENV_API_KEY,
@@ -206,15 +213,13 @@ async def _dns(url: httpx.URL, proxy: str | None) -> Check:
 
 async def _balance(client: ModellixClient) -> Check:
     try:
-        _, payload = await client._account(BALANCE_PATH)
+        value = await client.balance()
     except NotFound:
         return Check("balance", "WARN", "the provider has no balance endpoint (404)")
+    except ProtocolError:
+        return Check("balance", "WARN", "the answer carries no balance")
     except ApiError as exc:
         return Check("balance", "WARN", f"not checked: {exc}")
-    data: Any = payload.get("data") if isinstance(payload, dict) else None
-    value = data.get("balance") if isinstance(data, dict) else None
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        return Check("balance", "WARN", "the answer carries no balance")
     if value <= 0:
         return Check("balance", "FAIL", f"balance {value:g}: submissions will be refused (402)")
     return Check("balance", "OK", f"{value:g}")
