@@ -49,6 +49,7 @@ from jsonschema import Draft202012Validator
 from batchgen.api import is_loopback_host
 from batchgen.manifest.catalogue import ModelSchema, load_models_in, model_dirs
 from batchgen.manifest.modelspec import ModelSpec, expected_images, list_price, spec_of
+from batchgen.simulator.journal import JournalError, StoredTask, TaskJournal
 from batchgen.simulator.png import MAX_SIDE, png_bytes
 from batchgen.simulator.settings import FAULT_ROUTES, Latency, SimulatorConfig, StatusNames
 
@@ -234,6 +235,26 @@ class _Task:
         self.ident = _dumps(ident)[1:-1]
 
 
+def _stored(task: _Task, submitted_wall: float, body_key: bytes, price: float | None) -> StoredTask:
+    """What the journal keeps of ``task`` (real-time offsets from its submit)."""
+    return StoredTask(
+        task_id=task.task_id,
+        model=task.model.name,
+        submitted_wall=submitted_wall,
+        processing_after=task.processing_at - task.submitted_at,
+        ends_after=task.ends_at - task.submitted_at,
+        duration_ms=task.duration_ms,
+        fails=task.fails,
+        expired_early=task.expired_early,
+        width=task.width,
+        height=task.height,
+        alpha=task.alpha,
+        images=task.images,
+        body_key=body_key,
+        price=price,
+    )
+
+
 @dataclass
 class _Answer:
     status: int
@@ -250,6 +271,9 @@ class Simulator:
     ``clock`` (default :func:`time.monotonic`) is the real-time clock in seconds;
     tests may pass a fake one to move time by hand. ``schema_dir`` overrides
     where the model schemas are read from (a folder holding ``models/``).
+    ``journal`` keeps accepted tasks in a file (:mod:`batchgen.simulator.journal`): the
+    tasks recorded there before are known again, and each new one is committed before
+    its submit is answered.
     """
 
     def __init__(
@@ -258,6 +282,7 @@ class Simulator:
         *,
         clock: Callable[[], float] | None = None,
         schema_dir: Path | None = None,
+        journal: TaskJournal | None = None,
     ) -> None:
         self.config = config or SimulatorConfig()
         self._clock: Callable[[], float] = clock or time.monotonic
@@ -294,6 +319,9 @@ class Simulator:
         self._faults: Counter[str] = Counter()
         self._peak = 0
         self._balance_usd = self.config.account_balance
+        self._journal = journal
+        if journal is not None:
+            self._restore(journal.load())
 
     # ------------------------------------------------------------------ public
 
@@ -583,10 +611,16 @@ class Simulator:
             images=expected_images(model.spec, body),
         )
         price = list_price(model.spec, body)
+        key = _canonical_key(model.name, body)
+        if self._journal is not None:
+            try:
+                self._journal.record(_stored(task, self._wall_of(now), key, price))
+            except JournalError as exc:
+                return _Answer(500, _error_body(500, str(exc)), [])
         if price is not None:
             self._balance_usd -= price
         self._tasks[task_id] = task
-        self._accepted_bodies[_canonical_key(model.name, body)] += 1
+        self._accepted_bodies[key] += 1
         heapq.heappush(self._ends, task.ends_at)
         self._peak = max(self._peak, active + 1)
         data = {
@@ -613,6 +647,39 @@ class Simulator:
         if task.final is None or task.final[0] != base:
             task.final = (base, self._final_body(task, base))
         return _Answer(200, task.final[1], [])
+
+    def _wall_of(self, at: float) -> float:
+        """Unix time at real clock reading ``at``."""
+        return self._epoch_wall + (at - self._epoch_clock)
+
+    def _restore(self, stored: list[StoredTask]) -> None:
+        """Know again the tasks a journal recorded (a restarted simulator)."""
+        by_name = {model.name: model for model in self._models.values()}
+        now = self._clock()
+        for record in stored:
+            model = by_name.get(record.model)
+            if model is None:
+                continue  # a model no longer in the catalogue: its task is unknown (404)
+            ends = record.ends_after
+            task = _Task(
+                record.task_id,
+                model,
+                submitted_at=self._epoch_clock + (record.submitted_wall - self._epoch_wall),
+                latency=record.duration_ms / 1000,
+                real_latency=ends,
+                pending_fraction=record.processing_after / ends if ends > 0 else 0.0,
+                fails=record.fails,
+                expired_early=record.expired_early,
+                size=(record.width, record.height),
+                alpha=record.alpha,
+                images=record.images,
+            )
+            self._tasks[task.task_id] = task
+            self._accepted_bodies[record.body_key] += 1
+            if record.price is not None:
+                self._balance_usd -= record.price
+            if task.ends_at > now:
+                heapq.heappush(self._ends, task.ends_at)
 
     def _simulated_epoch(self, at: float) -> float:
         """Unix time of the simulated clock at real clock reading ``at``."""
