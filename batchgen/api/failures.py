@@ -10,6 +10,8 @@ the deadline) is ``ambiguous`` on submit; an answer head past the transport's ca
 from __future__ import annotations
 
 import asyncio
+import errno
+import socket
 import sys
 from collections.abc import Callable
 from types import TracebackType
@@ -75,7 +77,8 @@ class NetworkErrors:
         if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)):
             # Nothing was sent: never ambiguous.
             raise TransportFailure(
-                f"{op}: {what}: could not connect ({_describe(exc)})", operation=op
+                f"{op}: {what}: could not connect to {_host_port(exc)} ({_connect_cause(exc)})",
+                operation=op,
             ) from exc
         if isinstance(exc, httpx.LocalProtocolError):
             raise TransportFailure(
@@ -109,6 +112,47 @@ class NetworkErrors:
 def _describe(exc: BaseException) -> str:
     text = sanitize(str(exc), 160)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _host_port(exc: httpx.HTTPError) -> str:
+    """``host:port`` (``[v6]:port``) the failed request was addressed to, default port included."""
+    try:
+        url = exc.request.url
+    except RuntimeError:  # an error raised without its request: nothing to name
+        return "the server"
+    host = url.host
+    if ":" in host:
+        host = f"[{host}]"
+    port = url.port or (443 if url.scheme == "https" else 80)
+    return f"{host}:{port}"
+
+
+_ERRNO_TEXT = {
+    errno.ECONNREFUSED: "connection refused",
+    errno.ETIMEDOUT: "connection timed out",
+    errno.EHOSTUNREACH: "host unreachable",
+    errno.ENETUNREACH: "network unreachable",
+    errno.ECONNRESET: "connection reset",
+    errno.EADDRNOTAVAIL: "address not available",
+}
+
+
+def _connect_cause(exc: BaseException) -> str:
+    """Why a connection failed, in words: the OS's reason found in the exception chain
+    (``connection refused``, ``name not resolved``), else httpx's own description."""
+    if isinstance(exc, (httpx.ConnectTimeout, httpx.PoolTimeout)):
+        return _describe(exc)
+    seen: BaseException | None = exc
+    for _ in range(8):  # httpx -> httpcore -> anyio -> OSError: a short chain
+        if seen is None:
+            break
+        if isinstance(seen, socket.gaierror):
+            return "name not resolved"
+        code = getattr(seen, "errno", None)
+        if isinstance(code, int) and code in _ERRNO_TEXT:
+            return _ERRNO_TEXT[code]
+        seen = seen.__cause__ or seen.__context__
+    return _describe(exc)
 
 
 def _head_too_large(exc: BaseException) -> bool:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from batchgen.cli._runargs import (
+    BASE_URL_RULE,
     add_limit_arguments,
     add_log_format_argument,
     positive_int,
@@ -67,7 +68,7 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument(
         "--base-url",
         metavar="URL",
-        help="API base URL (env MODELLIX_BASE_URL); https, or http to a loopback address",
+        help=f"API base URL (env MODELLIX_BASE_URL); {BASE_URL_RULE}",
     )
     parser.add_argument(
         "--output", metavar="DIR", help="run directory ({name} and {date} are filled in)"

@@ -160,8 +160,10 @@ async def run_session(
         )
     if manifest is not None and not req.simulate:
         # Before the run directory and its state file exist: a new user's first run without
-        # a key leaves nothing behind on disk.
+        # a key, or with a mistyped base URL, leaves nothing behind on disk.
         _require_api_key(env)
+        if req.base_url or env.get(ENV_BASE_URL, "").strip():
+            pick_base_url(req.base_url, env, {})
     _refuse_images_without_state(run_dir)
 
     try:
