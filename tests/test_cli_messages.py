@@ -67,19 +67,25 @@ def test_a_failed_task_is_one_short_warning_with_job_attempt_and_message(
         store.close()
 
 
-def test_a_refused_connection_names_host_and_port_in_warning_and_summary(
+def test_an_unreachable_api_stops_the_run_naming_host_and_port(
     manifest: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     with socket.socket() as probe:  # a loopback port nobody listens on
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     url = f"http://127.0.0.1:{port}"
-    args = ["run", str(manifest), "--base-url", url, "--retries", "0"]
-    assert main([*args, "--output", str(tmp_path / "run")]) == 1
+    run_dir = tmp_path / "run"
+    assert main(["run", str(manifest), "--base-url", url, "--output", str(run_dir)]) == 3
     captured = capsys.readouterr()
     expected = f"could not connect to 127.0.0.1:{port} (connection refused)"
-    assert f"2 x submit failed: {expected}" in captured.out
-    assert all(expected in line for line in _warnings(captured.err))
+    assert f"stopped: the API is unreachable: {expected}" in captured.out
+    assert expected in captured.err
+    # Not the jobs' fault: none failed, the next run resumes them all.
+    store = StateStore.open_readonly(run_dir)
+    try:
+        assert store.counts()["pending"] == 2
+    finally:
+        store.close()
 
 
 def test_a_base_url_with_a_query_string_shows_the_query_but_never_its_values(

@@ -31,6 +31,7 @@ from batchgen.api.errors import (
     ResultExpired,
     ServerError,
     TransportFailure,
+    Unreachable,
 )
 from batchgen.api.urls import (
     DEFAULT_BASE_URL,
@@ -64,6 +65,7 @@ __all__ = [
     "TaskState",
     "TaskStatus",
     "TransportFailure",
+    "Unreachable",
     "Writable",
     "api_key_from_env",
     "is_loopback_host",

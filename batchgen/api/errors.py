@@ -131,6 +131,11 @@ class TransportFailure(ApiError):
     default_retryable = True
 
 
+class Unreachable(TransportFailure):
+    """Could not connect (refused, DNS, no route, connect timeout): nothing was sent. Before
+    any request of a run got an answer, this is a configuration fault, not a job's."""
+
+
 class ProtocolError(ApiError):
     """An answer that breaks the API's contract: non-JSON, wrong shape, unknown code, too big."""
 

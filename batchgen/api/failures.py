@@ -21,7 +21,7 @@ import anyio
 import httpx
 
 from batchgen.api.answers import Operation
-from batchgen.api.errors import ProtocolError, TransportFailure
+from batchgen.api.errors import ProtocolError, TransportFailure, Unreachable
 from batchgen.api.text import sanitize
 
 __all__ = ["NetworkErrors"]
@@ -76,7 +76,7 @@ class NetworkErrors:
             ) from exc
         if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)):
             # Nothing was sent: never ambiguous.
-            raise TransportFailure(
+            raise Unreachable(
                 f"{op}: {what}: could not connect to {_host_port(exc)} ({_connect_cause(exc)})",
                 operation=op,
             ) from exc

@@ -30,9 +30,9 @@ def _is_id(token: str) -> bool:
 
 
 def short_reason(error: str, *, limit: int | None = 120) -> str:
-    """``error`` in at most ``limit`` characters (``None``: any) for one log line: retry counts, task IDs,
-    URLs, request lines and raw answers left out (the state file keeps them), the provider's
-    message and addresses (``host:port``) kept."""
+    """``error`` in at most ``limit`` characters (``None``: any) for one log line: retry
+    counts, task IDs, URLs, request lines and raw answers left out (the state file keeps
+    them), the provider's message and addresses (``host:port``) kept."""
     text = " ".join(error.split())
     text = _AFTER_ATTEMPTS.sub("", text)
     text = _RAW_ANSWER.sub("", text)

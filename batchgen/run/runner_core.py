@@ -87,6 +87,7 @@ class RunnerCore:
         self._run_deadline: float | None = None  # monotonic end of max_runtime
         self._stop_code = 0
         self._throttle_streak = 0
+        self._api_answered = False  # some submit of this run got an answer from the API
 
     # ---------------------------------------------------------------- helpers
     def _wake(self) -> None:

@@ -13,7 +13,9 @@ Outcomes of a submit:
   one (AIMD).
 * 400: the job is ``rejected``; never retried.
 * 401, 402, 404 on submit, bad configuration: no new submission at all; tasks already
-  running are still polled and downloaded; exit code 3.
+  running are still polled and downloaded; exit code 3.  So is a host that cannot be
+  reached (refused, DNS, no route) for a whole job's attempts before any submit of the run
+  got an answer: the job goes back to ``pending``.
 * 5xx, timeouts, dropped connections: retried with backoff while attempts remain.  A submit
   whose outcome is unknown is resubmitted and counted as ambiguous, or failed when
   ``limits.resubmit_unknown`` is false.
@@ -29,9 +31,10 @@ from __future__ import annotations
 import logging
 import time
 
-from batchgen.api import ApiError, RateLimited, Rejected
+from batchgen.api import ApiError, RateLimited, Rejected, Unreachable
 from batchgen.errors import ExitCode
 from batchgen.manifest.inputs import materialize_body
+from batchgen.reports.reasons import short_reason
 from batchgen.run.following import Follows
 from batchgen.store.records import JobRecord
 
@@ -105,6 +108,7 @@ class Submits(Follows):
                 self._on_submit_error(job_id, attempts, exc)
                 return False
             self._throttle_streak = 0
+            self._api_answered = True
             self._aimd.on_success()
             # The task_id is committed before anything else happens with the task.
             self.store.mark_running(job_id, submitted.task_id, submitted.poll_url)
@@ -145,6 +149,16 @@ class Submits(Follows):
             self._schedule_retry(job_id, 0.0)
 
     def _on_submit_error(self, job_id: str, attempts: int, exc: ApiError) -> None:
+        if isinstance(exc, Unreachable) and not self._api_answered:
+            if attempts >= 1 + self.limits.retries:
+                # A whole job's attempts and no answer from the API yet: the host, port, DNS or
+                # proxy is wrong or down, not this job.  Stop (exit 3); the next run resumes.
+                self.store.mark_pending(job_id, f"not submitted: {exc}", refund_attempt=True)
+                self._moved("submitting", "pending")
+                self._stop(f"the API is unreachable: {short_reason(str(exc))}", ExitCode.STOPPED)
+                return
+        else:
+            self._api_answered = True
         if exc.stops_run:
             self.store.mark_pending(job_id, f"not submitted: {exc}", refund_attempt=True)
             self._moved("submitting", "pending")
