@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from collections.abc import Callable
 from dataclasses import astuple, dataclass, fields
 from pathlib import Path
+from typing import Any
 
 __all__ = ["JOURNAL_NAME", "JournalError", "StoredTask", "TaskJournal"]
 
@@ -80,6 +82,9 @@ _INSERT = (
     f"INSERT OR REPLACE INTO tasks ({', '.join(_COLUMNS)}) "
     f"VALUES ({', '.join('?' for _ in _COLUMNS)})"
 )
+_KINDS: list[Callable[[Any], Any]] = [
+    {"bool": bool, "bytes": bytes}.get(str(f.type), lambda v: v) for f in fields(StoredTask)
+]
 _SELECT = f"SELECT {', '.join(_COLUMNS)} FROM tasks ORDER BY submitted_wall, rowid"
 
 
@@ -110,25 +115,8 @@ class TaskJournal:
     def load(self) -> list[StoredTask]:
         """Every recorded task, oldest first."""
         rows = self._conn.execute(_SELECT).fetchall()
-        return [
-            StoredTask(
-                task_id=row[0],
-                model=row[1],
-                submitted_wall=row[2],
-                processing_after=row[3],
-                ends_after=row[4],
-                duration_ms=row[5],
-                fails=bool(row[6]),
-                expired_early=bool(row[7]),
-                width=row[8],
-                height=row[9],
-                alpha=bool(row[10]),
-                images=row[11],
-                body_key=bytes(row[12]),
-                price=row[13],
-            )
-            for row in rows
-        ]
+        # Columns in field order; SQLite gives 0/1 for booleans and may give a memoryview.
+        return [StoredTask(*(kind(v) for kind, v in zip(_KINDS, row, strict=True))) for row in rows]
 
     def record(self, task: StoredTask) -> None:
         """Commit ``task`` (raises :class:`JournalError` when the file cannot be written)."""
