@@ -96,7 +96,9 @@ class NetworkErrors:
         if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)):
             # Nothing was sent: never ambiguous.
             raise TransportFailure(
-                f"{op}: {what}: could not connect ({_describe(exc)})", operation=op, sent=False
+                f"{op}: {what}: could not connect to {address_of(exc)} ({_describe(exc)})",
+                operation=op,
+                sent=False,
             ) from exc
         if isinstance(exc, httpx.LocalProtocolError):
             raise TransportFailure(

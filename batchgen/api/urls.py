@@ -18,6 +18,7 @@ import functools
 import importlib.util
 import ipaddress
 import os
+import re
 from collections.abc import Mapping
 
 import httpx
@@ -139,6 +140,26 @@ def safe_url_for_message(url: str) -> str:
     return sanitize(shown, 120)
 
 
+_PARAM_NAME = re.compile(r"[A-Za-z_][A-Za-z_-]{0,19}")
+
+
+def _extra_shape(parsed: httpx.URL) -> str:
+    """The query string and fragment of ``parsed`` with every value hidden: ``?key=…&x=…``,
+    ``#…``.  A parameter name is shown only when it looks like a name (letters, ``_``, ``-``;
+    no digits), so a key pasted as a bare parameter is never echoed."""
+    shape = ""
+    if parsed.query:
+        items = []
+        for item in parsed.query.decode("ascii", "replace").split("&"):
+            name, eq, _ = item.partition("=")
+            shown = name if eq and _PARAM_NAME.fullmatch(name) else "…"
+            items.append(f"{shown}=…" if eq else shown)
+        shape = "?" + "&".join(items)
+    if parsed.fragment:
+        shape += "#…"
+    return shape
+
+
 def validate_base_url(url: str) -> str:
     """Check that *url* is an absolute https URL (http only for loopback) and normalise it.
 
@@ -152,11 +173,17 @@ def validate_base_url(url: str) -> str:
         raise ConfigError(f"invalid base URL {safe_url_for_message(text)!r}") from exc
     shown = safe_url_for_message(text)
     if parsed.scheme not in ("http", "https") or not parsed.host:
-        raise ConfigError(f"base URL {shown!r} must be an absolute https:// URL")
+        raise ConfigError(
+            f"base URL {shown!r} must be an absolute https:// URL (http:// for a loopback host)"
+        )
     if parsed.userinfo:
         raise ConfigError(f"base URL {shown!r} must not contain user info (user:password@)")
     if parsed.query or parsed.fragment:
-        raise ConfigError(f"base URL {shown!r} must not contain a query or fragment")
+        raise ConfigError(
+            f"base URL {shown!r} must not contain a query string or fragment, but it ends in "
+            f"{_extra_shape(parsed)!r} (values not shown): give the bare URL; the API key "
+            "goes in MODELLIX_API_KEY"
+        )
     if parsed.scheme == "http" and not is_loopback_host(parsed.host):
         raise ConfigError(
             f"base URL {shown!r} must use https (plain http is allowed for loopback hosts only:"

@@ -19,6 +19,10 @@ if TYPE_CHECKING:
     from batchgen.run.summary import RunSummary
 
 
+#: How every ``--base-url`` help text states the URL rule (:func:`batchgen.api.validate_base_url`).
+BASE_URL_RULE = "https, or http to a loopback address (127.0.0.0/8, ::1, localhost)"
+
+
 def _whole_number(text: str, *, minimum: int, separators: bool) -> int:
     try:
         value = int(text.replace("_", "").replace(",", "") if separators else text)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from batchgen.cli._runargs import (
+    BASE_URL_RULE,
     add_limit_arguments,
     add_log_format_argument,
     run_and_report,
@@ -48,7 +49,12 @@ def add_parser(subparsers: Any) -> None:
         help="edit the body of every retried job (validated against the model's schema)",
     )
     parser.add_argument("--simulate", action="store_true", help="use the built-in fake API")
-    parser.add_argument("--base-url", metavar="URL", help="API base URL (default: as stored)")
+    parser.add_argument(
+        "--base-url",
+        metavar="URL",
+        help="API base URL (default: env MODELLIX_BASE_URL, else the one stored in the run "
+        f"directory); {BASE_URL_RULE}",
+    )
     add_limit_arguments(parser, max_runtime_help="stop submitting after T (exit 75)")
     add_log_format_argument(parser)
     add_schemas(parser)

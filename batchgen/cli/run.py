@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from batchgen.cli._runargs import (
+    BASE_URL_RULE,
     add_limit_arguments,
     add_log_format_argument,
     positive_int,
@@ -29,6 +30,16 @@ def _shard(text: str) -> Shard:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must not be negative: {text!r}")
+    return value
+
+
 def add_parser(subparsers: Any) -> None:
     """Register `run`."""
     parser = subparsers.add_parser(
@@ -45,10 +56,19 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument(
         "--simulate",
         action="store_true",
-        help="use the built-in fake API (no key needed; time runs 10x faster)",
+        help="use the built-in fake API (no key needed; time runs 10x faster); its tasks are "
+        "kept in the run directory (simulator.db), so a killed run resumes them",
     )
     parser.add_argument(
-        "--base-url", metavar="URL", help="API base URL (env MODELLIX_BASE_URL); https only"
+        "--simulate-latency",
+        type=_seconds,
+        metavar="S",
+        help="with --simulate: each task takes S simulated seconds (default 10, i.e. 1 s)",
+    )
+    parser.add_argument(
+        "--base-url",
+        metavar="URL",
+        help=f"API base URL (env MODELLIX_BASE_URL); {BASE_URL_RULE}",
     )
     parser.add_argument(
         "--output", metavar="DIR", help="run directory ({name} and {date} are filled in)"
@@ -84,5 +104,6 @@ def handle(args: argparse.Namespace) -> int:
         output=Path(args.output) if args.output else None,
         max_jobs=args.max_jobs,
         shard=args.shard,
+        simulate_latency=args.simulate_latency,
     )
     return run_and_report(req, log_format=args.log_format)

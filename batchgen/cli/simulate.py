@@ -81,6 +81,12 @@ def add_parser(subparsers: Any) -> None:
         "--http", choices=("auto", "h11", "httptools"), default="auto", help="uvicorn HTTP parser"
     )
     serve.add_argument("--seed", type=int, default=0, help="seed of every random decision")
+    serve.add_argument(
+        "--state-file",
+        metavar="PATH",
+        help="keep accepted tasks in this SQLite file: a restarted simulator still answers "
+        "them (default: in memory only, the fastest)",
+    )
     auth = serve.add_mutually_exclusive_group()
     auth.add_argument("--api-key", default=DEFAULT_KEY, help="bearer key to require")
     auth.add_argument(
@@ -252,7 +258,16 @@ def handle(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return ExitCode.USAGE
-    sim = Simulator(config)
+    journal = None
+    if args.state_file is not None:
+        from batchgen.simulator.journal import JournalError, TaskJournal  # noqa: PLC0415
+
+        try:
+            journal = TaskJournal.open(args.state_file)
+        except JournalError as exc:
+            print(f"batchgen simulate: error: {exc}", file=sys.stderr)
+            return ExitCode.STOPPED
+    sim = Simulator(config, journal=journal)
     key_note = (
         "no key needed"
         if config.api_key is None
@@ -264,6 +279,9 @@ def handle(args: argparse.Namespace) -> int:
     def ready(url: str) -> None:
         print(f"batchgen simulator listening on {url} ({key_note}; stats at {url}/_sim/stats)")
         print(f"models: {', '.join(sim.models)}", flush=True)
+        if journal is not None:
+            known = sim.stats()["tasks"]["accepted"]
+            print(f"tasks kept in {journal.path} ({known} known from before)", flush=True)
 
     try:
         run_server(
@@ -275,4 +293,7 @@ def handle(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return ExitCode.STOPPED
+    finally:
+        if journal is not None:
+            journal.close()
     return ExitCode.OK

@@ -22,7 +22,7 @@ from typing import Any
 
 from batchgen.api import ModellixClient
 from batchgen.errors import ExitCode
-from batchgen.reports.reasons import failure_reason
+from batchgen.reports.reasons import failure_reason, short_reason
 from batchgen.run.budget import SpendGuard
 from batchgen.run.durable import ImageCommitter
 from batchgen.run.job_source import JobSource
@@ -123,7 +123,20 @@ class RunnerCore:
     def _give_up(self, job_id: str, from_state: str, reason: str) -> None:
         """:meth:`_fail` with a warning in the log (a deadline passed)."""
         self._fail(job_id, from_state, reason)
-        logger.warning("job %s: %s", job_id, reason)
+        logger.warning("job %s failed: %s", job_id, short_reason(reason))
+
+    def _warn(self, job_id: str, outcome: str, attempts: int, reason: str) -> None:
+        """One short log line for a job that ended ``outcome``: its id, the attempt, the
+        provider's message (:func:`short_reason`); the state file keeps the full error."""
+        logger.warning(
+            "job %s %s (attempt %d/%d): %s",
+            job_id,
+            outcome,
+            attempts,
+            1 + self.limits.retries,
+            short_reason(reason),
+            extra={"data": {"event": f"job_{outcome}", "job_id": job_id, "attempts": attempts}},
+        )
 
     def _schedule_retry(self, job_id: str, delay: float) -> None:
         self._jobs.schedule(job_id, delay)
@@ -147,7 +160,7 @@ class RunnerCore:
         (True), else ``failed``."""
         if attempts >= 1 + self.limits.retries:
             self._fail(job_id, from_state, f"{reason} (after {attempts} attempts)")
-            logger.warning("job %s failed: %s (after %d attempts)", job_id, reason, attempts)
+            self._warn(job_id, "failed", attempts, reason)
             return False
         self.store.mark_pending(job_id, reason)
         self._moved(from_state, "pending")

@@ -10,6 +10,7 @@ run a manifest without the command line.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import datetime as _dt
 import hashlib
@@ -112,6 +113,8 @@ class RunRequest:
     """Asked (with the reason) when a run without a ceiling is large; None: refuse."""
     options: dict[str, Any] = field(default_factory=dict)
     """Extra :class:`batchgen.run.runner.RunOptions` fields."""
+    simulate_latency: float | None = None
+    """With ``simulate``: each simulated task's latency in simulated seconds (default 10)."""
 
 
 def resolve_target(target: Path) -> tuple[Path | None, Path | None]:
@@ -309,7 +312,10 @@ async def _locked(
         )
         check_ceilings(store, bill, store.spend(), limits)
         check_default(store, bill, limits, yes=req.yes, simulate=simulate, confirm=req.confirm)
-        client = _make_client(simulate, base_url, limits, env)
+        cleanup = contextlib.ExitStack()
+        client = _make_client(
+            simulate, base_url, limits, env, run_dir=run_dir, req=req, cleanup=cleanup
+        )
         options = RunOptions(max_runtime=req.max_runtime, stop=stop, prices=prices, **req.options)
         if simulate:
             options = dataclasses.replace(
@@ -328,13 +334,14 @@ async def _locked(
         session_id = store.begin_session()
         summary = RunSummary()
         try:
-            async with client:
-                balance = None
-                if bill["new_jobs"]:
-                    balance = await check_balance(store, client, bill, key="balance_start")
-                summary = await run_jobs(store, client, limits, options=options, output=output)
-                if balance is not None:
-                    await check_balance(store, client, bill, key="balance_end")
+            with cleanup:
+                async with client:
+                    balance = None
+                    if bill["new_jobs"]:
+                        balance = await check_balance(store, client, bill, key="balance_start")
+                    summary = await run_jobs(store, client, limits, options=options, output=output)
+                    if balance is not None:
+                        await check_balance(store, client, bill, key="balance_end")
         finally:
             try:
                 store.end_session(session_id, summary.exit_code, summary.as_dict())
@@ -416,19 +423,42 @@ def _sync_manifest(
 
 
 def _make_client(
-    simulate: bool, base_url: str, limits: Limits, env: Mapping[str, str]
+    simulate: bool,
+    base_url: str,
+    limits: Limits,
+    env: Mapping[str, str],
+    *,
+    run_dir: Path,
+    req: RunRequest,
+    cleanup: contextlib.ExitStack,
 ) -> ModellixClient:
+    """The API client of a run.  A simulated run's simulator keeps its tasks in the run
+    directory's task journal (closed by ``cleanup``), so a killed run resumes its tasks."""
     connections = max(10, min(limits.concurrency * 2 + 10, 1000))
     if simulate:
         import httpx  # noqa: PLC0415
 
-        from batchgen.simulator.app import Simulator, SimulatorConfig  # noqa: PLC0415
+        from batchgen.simulator.app import Latency, Simulator, SimulatorConfig  # noqa: PLC0415
+        from batchgen.simulator.journal import (  # noqa: PLC0415
+            JOURNAL_NAME,
+            JournalError,
+            TaskJournal,
+        )
 
         # The demo account holds enough for every shipped manifest (the default is 12.3456 USD).
+        latency = Latency() if req.simulate_latency is None else Latency.fixed(req.simulate_latency)
         config = SimulatorConfig(
-            time_scale=SIMULATE_TIME_SCALE, seed=int(time.time()), account_balance=SIMULATE_BALANCE
+            time_scale=SIMULATE_TIME_SCALE,
+            seed=int(time.time()),
+            account_balance=SIMULATE_BALANCE,
+            latency=latency,
         )
-        sim = Simulator(config)
+        try:
+            journal = TaskJournal.open(run_dir / JOURNAL_NAME)
+        except JournalError as exc:
+            raise SessionError(str(exc)) from exc
+        cleanup.callback(journal.close)
+        sim = Simulator(config, journal=journal)
         return ModellixClient(
             base_url,
             config.api_key,

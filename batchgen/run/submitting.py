@@ -211,7 +211,7 @@ class Submits(Follows):
         if isinstance(exc, Rejected) and not exc.ambiguous:
             self.store.mark_rejected(job_id, str(exc))
             self._moved("submitting", "rejected")
-            logger.warning("job %s rejected: %s", job_id, exc)
+            self._warn(job_id, "rejected", attempts, str(exc))
             return
         if exc.ambiguous:
             if not self.limits.resubmit_unknown:

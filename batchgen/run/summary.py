@@ -53,6 +53,11 @@ class RunSummary:
             f"submitted {self.submitted}, retries {self.retries}, ambiguous resubmits "
             f"{self.ambiguous_resubmits}, 429s {self.throttled}, polls {self.polls}",
         ]
+        if self.resumed_in_flight:
+            lines.append(
+                f"resumed {self.resumed_in_flight} recorded tasks (followed, not submitted again)"
+                + ("" if self.regenerated else "; none generated again")
+            )
         if self.regenerated:
             lines.append(
                 f"{self.regenerated} recorded tasks generated again (task unknown to the "

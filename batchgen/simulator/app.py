@@ -47,6 +47,7 @@ from batchgen.api import is_loopback_host
 from batchgen.manifest.modelspec import expected_images, list_price
 from batchgen.simulator.account import account_answer, authorize
 from batchgen.simulator.faults import FaultDraw, TokenBucket, retry_answer
+from batchgen.simulator.journal import JournalError, StoredTask, TaskJournal
 from batchgen.simulator.models import SimModel, body_problems, image_size, load_models
 from batchgen.simulator.png import png_bytes
 from batchgen.simulator.protocol import (
@@ -67,7 +68,14 @@ from batchgen.simulator.protocol import (
 )
 from batchgen.simulator.serving import run_server, serve_in_thread
 from batchgen.simulator.settings import FAULT_ROUTES, Latency, SimulatorConfig, StatusNames
-from batchgen.simulator.tasks import SimTask, TaskStore, canonical_key, result_body
+from batchgen.simulator.tasks import (
+    SimTask,
+    TaskStore,
+    canonical_key,
+    result_body,
+    stored_task,
+    task_from_record,
+)
 
 __all__ = [
     "FAULT_ROUTES",
@@ -100,6 +108,7 @@ class Simulator:
         *,
         clock: Callable[[], float] | None = None,
         schema_dir: Path | None = None,
+        journal: TaskJournal | None = None,
     ) -> None:
         self.config = config or SimulatorConfig()
         self._clock: Callable[[], float] = clock or time.monotonic
@@ -133,6 +142,9 @@ class Simulator:
         self._codes: Counter[int] = Counter()
         self._faults: Counter[str] = Counter()
         self._balance_usd = self.config.account_balance
+        self._journal = journal
+        if journal is not None:
+            self._restore(journal.load())
 
     # ------------------------------------------------------------------ public
 
@@ -364,9 +376,15 @@ class Simulator:
             images=expected_images(model.spec, body),
         )
         price = list_price(model.spec, body)
+        key = canonical_key(model.name, body)
+        if self._journal is not None:
+            try:
+                self._journal.record(stored_task(task, self._wall_time(now), key, price))
+            except JournalError as exc:
+                return error_answer(500, str(exc))
         if price is not None:
             self._balance_usd -= price
-        self._tasks.add(task, canonical_key(model.name, body), active)
+        self._tasks.add(task, key, active)
         data = {
             "status": config.status_names.pending,
             "task_id": task_id,
@@ -391,6 +409,19 @@ class Simulator:
         if task.final is None or task.final[0] != base:
             task.final = (base, result_body(task, base, self.config, self._wall_time))
         return Answer(200, task.final[1], [])
+
+    def _restore(self, stored: list[StoredTask]) -> None:
+        """Know again the tasks a journal recorded (a restarted simulator)."""
+        by_name = {model.name: model for model in self._models.values()}
+        now = self._clock()
+        for record in stored:
+            model = by_name.get(record.model)
+            if model is None:
+                continue  # a model no longer in the catalogue: its task is unknown (404)
+            submitted_at = self._epoch_clock + (record.submitted_wall - self._epoch_wall)
+            self._tasks.restore(task_from_record(record, model, submitted_at), record.body_key, now)
+            if record.price is not None:
+                self._balance_usd -= record.price
 
     def _wall_time(self, at: float) -> float:
         """Unix time (the real wall clock) at the simulator's clock reading ``at``: the API's

@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from batchgen.simulator.journal import StoredTask
 from batchgen.simulator.models import SimModel
 from batchgen.simulator.protocol import FILES_PREFIX, dumps
 from batchgen.simulator.settings import SimulatorConfig
@@ -112,6 +113,13 @@ class TaskStore:
         heapq.heappush(self._ends, task.ends_at)
         self.peak = max(self.peak, active_before + 1)
 
+    def restore(self, task: SimTask, body_key: bytes, now: float) -> None:
+        """Know again a task a journal recorded (a restarted simulator)."""
+        self._tasks[task.task_id] = task
+        self.accepted_bodies[body_key] += 1
+        if task.ends_at > now:
+            heapq.heappush(self._ends, task.ends_at)
+
     def active(self, now: float) -> int:
         """Tasks submitted and not ended at ``now``."""
         ends = self._ends
@@ -135,6 +143,46 @@ class TaskStore:
             "succeeded": len(ended) - failed,
             "failed": failed,
         }
+
+
+def stored_task(
+    task: SimTask, submitted_wall: float, body_key: bytes, price: float | None
+) -> StoredTask:
+    """What the journal keeps of ``task`` (real-time offsets from its submit)."""
+    return StoredTask(
+        task_id=task.task_id,
+        model=task.model.name,
+        submitted_wall=submitted_wall,
+        processing_after=task.processing_at - task.submitted_at,
+        ends_after=task.ends_at - task.submitted_at,
+        duration_ms=task.duration_ms,
+        fails=task.fails,
+        expired_early=task.expired_early,
+        width=task.width,
+        height=task.height,
+        alpha=task.alpha,
+        images=task.images,
+        body_key=body_key,
+        price=price,
+    )
+
+
+def task_from_record(record: StoredTask, model: SimModel, submitted_at: float) -> SimTask:
+    """The task a journal recorded, submitted at clock reading ``submitted_at``."""
+    ends = record.ends_after
+    return SimTask(
+        record.task_id,
+        model,
+        submitted_at=submitted_at,
+        latency=record.duration_ms / 1000,
+        real_latency=ends,
+        pending_fraction=record.processing_after / ends if ends > 0 else 0.0,
+        fails=record.fails,
+        expired_early=record.expired_early,
+        size=(record.width, record.height),
+        alpha=record.alpha,
+        images=record.images,
+    )
 
 
 def result_body(
