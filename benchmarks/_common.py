@@ -53,7 +53,9 @@ class SimulatorProcess:
     """``batchgen simulate --port 0`` in a child process; ``url`` once it listens."""
 
     def __init__(self, *flags: str, startup_timeout: float = 30.0) -> None:
-        cmd = [sys.executable, "-m", "batchgen", "simulate", "--port", "0", *flags]
+        # A balance no benchmark spends: runs check it before their first submission.
+        funds = [] if "--account-balance" in flags else ["--account-balance", "1e9"]
+        cmd = [sys.executable, "-m", "batchgen", "simulate", "--port", "0", *funds, *flags]
         self.proc = subprocess.Popen(
             cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
         )
@@ -233,6 +235,7 @@ def run_manifest(
         target=manifest,
         base_url=base_url,
         progress_bar=False,
+        yes=True,  # thousands of simulated tasks: no spend ceiling to ask for
         max_runtime=max_runtime,
         options={"metrics_interval": None, **dict(options or {})},
     )

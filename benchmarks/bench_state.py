@@ -49,6 +49,7 @@ def child(url: str, target: str) -> dict[str, Any]:
         target=Path(target),
         base_url=url,
         progress_bar=False,
+        yes=True,  # thousands of simulated tasks: no spend ceiling to ask for
         options={"metrics_interval": None},
     )
     t0 = time.perf_counter()

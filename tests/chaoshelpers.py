@@ -263,6 +263,7 @@ def _child_main(argv: list[str]) -> int:
         output=Path(run_dir) if target != run_dir else None,
         base_url=url,
         progress_bar=False,
+        yes=True,  # thousands of simulated tasks: no spend ceiling to ask for
         options={**FAST_OPTIONS, "seed": int(seed)},
     )
     try:

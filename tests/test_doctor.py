@@ -34,7 +34,8 @@ def _doctor(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
 def test_doctor_is_all_ok_against_a_working_provider_and_prints_one_line_per_check(
     tmp_path: Path,
 ) -> None:
-    with serve_in_thread(Simulator(SimulatorConfig(api_key=KEY))) as url:
+    config = SimulatorConfig(api_key=KEY, account_balance=12.3456)
+    with serve_in_thread(Simulator(config)) as url:
         result = _doctor("--base-url", url, "--output", str(tmp_path), MODELLIX_API_KEY=KEY)
         as_json = _doctor(
             "--base-url", url, "--output", str(tmp_path), "--json", MODELLIX_API_KEY=KEY

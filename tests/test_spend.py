@@ -200,11 +200,14 @@ def test_worst_case_is_what_a_run_where_every_task_fails_pays(
     assert sim.stats()["submissions"]["accepted"] == worst == 16
 
 
+BALANCE = 12.3456  # the provider's documented example balance
+
+
 def refused_before_submitting(
     path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], *flags: str
 ) -> str:
     """Run ``path`` over loopback; assert exit 3 with no submission received; return stderr."""
-    sim = Simulator(sim_config())
+    sim = Simulator(sim_config(account_balance=BALANCE))
     with serve_in_thread(sim) as url:
         out = str(tmp_path / "r")
         code = main(["run", str(path), "--base-url", url, "--output", out, *flags])
@@ -309,7 +312,7 @@ def test_status_shows_the_balance_at_start_and_end_and_the_spend(
 ) -> None:
     path = write_manifest(tmp_path, 5)
     run_dir = tmp_path / "r"
-    with serve_in_thread(Simulator(sim_config())) as url:
+    with serve_in_thread(Simulator(sim_config(account_balance=BALANCE))) as url:
         assert main(["run", str(path), "--base-url", url, "--output", str(run_dir)]) == 0
     capsys.readouterr()
     assert main(["status", str(run_dir), "--json"]) == 0
@@ -318,8 +321,8 @@ def test_status_shows_the_balance_at_start_and_end_and_the_spend(
     assert spend["ambiguous"] == 0
     assert spend["images"] == 5
     assert spend["estimated_usd"] == pytest.approx(0.045)
-    assert spend["balance_start"] == pytest.approx(12.3456)
-    assert spend["balance_end"] == pytest.approx(12.3456 - 0.045, abs=1e-4)
+    assert spend["balance_start"] == pytest.approx(BALANCE)
+    assert spend["balance_end"] == pytest.approx(BALANCE - 0.045, abs=1e-4)
     assert spend["by_model"]["openai/gpt-image-1.5"]["accepted"] == 5
     assert main(["status", str(run_dir)]) == 0
     text = capsys.readouterr().out

@@ -182,7 +182,7 @@ class SimulatorConfig:
     # --- account limits ---
     balance: int | None = None
     """Submissions answer 402 once this many tasks were accepted (``None``: unlimited)."""
-    account_balance: float = 12.3456
+    account_balance: float = 1000.0
     """What ``GET /api/v1/team/balance`` reports (USD) before any task; each accepted task
     whose model has a known list price lowers it by that price (it never refuses a task)."""
     max_concurrent_tasks: int | None = None
