@@ -320,7 +320,10 @@ def build_layout(
         xs[xv] = None
         ys[yv] = None
         cells.setdefault((yv, xv), []).append(tile)
-    varying = _varying(on_grid, skip=[a for a in (x, y) if a])
+    skip = [a for a in (x, y) if a]
+    if on_grid and all(t.job.variables for t in on_grid):
+        skip.append("prompt")  # made of the variables; the info panel shows it
+    varying = _varying(on_grid, skip=skip)
     grid = Grid(
         x_name=x or "",
         y_name=y or "",

@@ -119,7 +119,7 @@ color:var(--bad)}
 .ph b{text-transform:uppercase;letter-spacing:.06em;font-size:10.5px;margin-bottom:4px}
 .ph span{overflow-wrap:anywhere;display:-webkit-box;-webkit-line-clamp:5;
 -webkit-box-orient:vertical;overflow:hidden}
-.grid{display:grid;gap:10px;align-items:start}
+.grid{display:grid;gap:10px;align-items:start;margin:0 0 30px}
 .hx,.hy,.corner{font-size:12.5px;font-weight:600;overflow-wrap:anywhere}
 .hx{padding:6px 8px;background:#ebece7;border-radius:6px;position:sticky;top:52px;z-index:2}
 .hy{padding:8px;background:#ebece7;border-radius:6px;max-width:220px;align-self:stretch}
