@@ -81,3 +81,20 @@ def test_a_browser_shows_a_thumbnail_per_image_and_a_placeholder_per_failed_job(
         red.point(lambda v: 255 if v > 200 else 0), green.point(lambda v: 255 if v < 40 else 0)
     )
     assert magenta.getbbox() is not None
+
+
+def test_a_browser_renders_the_style_by_subject_grid_of_the_example(tmp_path: Path) -> None:
+    chromium = _chromium()
+    run_dir = tmp_path / "example-run"
+    jobs = list(load_manifest(REPO / "manifests" / "example.yaml").iter_jobs())
+    limits = Limits(concurrency=4, rate=1000.0, retries=2)
+    asyncio.run(run_in_dir(run_dir, in_process_client(Simulator(sim_config(seed=1))), jobs, limits))
+    url = build_gallery([run_dir], x="style", y="subject").page.resolve().as_uri()
+
+    dom = _browse(chromium, tmp_path / "profile", "--dump-dom", url)
+    assert count(dom, r'class="hx"') == 2
+    assert count(dom, r'class="hy"') == 3
+    assert count(dom, r'class="cell"') == 6  # every cell of the 2x3 grid has jobs
+    # 9 in the grid, 3 in the sections after it, each given its src by the script (on screen)
+    assert count(dom, r'<img [^>]*(?<![-\w])src="') == 12
+    assert 'data-cards="12"' in dom

@@ -33,7 +33,8 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument(
         "--x",
         metavar="VAR",
-        help="columns: a body field (size, quality, ...), model, group, repeat, state or run",
+        help="columns: a template variable of the manifest (style, subject, ...), a body "
+        "field (size, quality, ...), model, group, repeat, state or run",
     )
     parser.add_argument("--y", metavar="VAR", help="rows: same choices as --x")
     parser.add_argument(

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import operator
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,12 +21,16 @@ from batchgen.manifest.diagnostics import Diagnostic
 from batchgen.manifest.expand import Rule, Template, iter_combos, render_value
 from batchgen.manifest.pricing import PriceBook
 from batchgen.manifest.prompts_file import PromptRows
-from batchgen.manifest.types import Job, Limits, encode_canonical, identity_view
+from batchgen.manifest.types import NO_VARIABLES, Job, Limits, encode_canonical, identity_view
 from batchgen.manifest.yaml_reader import PathT
 
 __all__ = ["DEFAULT_OUTPUT", "CompiledGroup", "Manifest"]
 
 DEFAULT_OUTPUT = "output/{name}-{date}"
+#: Distinct variable mappings a group keeps to share between its jobs (per prompts-file row).
+_SHARED_VARIABLES = 4096
+
+VariablesOf = Callable[[int, tuple[int, ...]], Mapping[str, Any]]
 
 
 @dataclass
@@ -119,6 +124,51 @@ class CompiledGroup:
                             body[key] = fmt_value.format_map(variables)
                 yield body, r, combo
 
+    def variables_of(self) -> VariablesOf:
+        """A function ``(row, combo) -> variables`` for the bodies :meth:`iter_bodies` yields,
+        in its order: the prompts-file columns and matrix keys that are not body fields.
+
+        Bodies that share their variables (sizes or other body fields varying, repeats) share
+        one mapping: at most :data:`_SHARED_VARIABLES` per row are kept, so memory stays
+        bounded whatever the group's size.
+        """
+        positions = tuple(i for i, is_body in enumerate(self.is_body) if not is_body)
+        rows = self.rows
+        columns: tuple[str, ...] = ()
+        if rows is not None and rows.extras is not None:
+            columns = tuple(c for c in rows.columns if c not in self.row_body and c != "prompt")
+        if not positions and not columns:
+            return lambda _row, _combo: NO_VARIABLES
+        keys = tuple(self.keys[i] for i in positions)
+        values = tuple(self.values[i] for i in positions)
+        pick: Callable[[tuple[int, ...]], Any] = (
+            operator.itemgetter(*positions) if positions else lambda _combo: ()
+        )
+        extras = rows.extras if rows is not None and rows.extras is not None else None
+        shared: dict[Any, Mapping[str, Any]] = {}
+        current = [-1]
+
+        def variables(row: int, combo: tuple[int, ...]) -> Mapping[str, Any]:
+            if row != current[0]:
+                current[0] = row
+                shared.clear()
+            key = pick(combo)
+            found = shared.get(key)
+            if found is not None:
+                return found
+            out: dict[str, Any] = {}
+            if extras is not None:
+                extra = extras[row]
+                out.update((c, extra[c]) for c in columns if c in extra)
+            indices = key if len(positions) > 1 else (key,)
+            for name, options, index in zip(keys, values, indices, strict=False):
+                out[name] = options[index]
+            if len(shared) < _SHARED_VARIABLES:
+                shared[key] = out
+            return out
+
+        return variables
+
     def combo_values(self, row: int, combo: tuple[int, ...]) -> dict[str, Any]:
         """The values that identify one combination, for messages."""
         shown: dict[str, Any] = {}
@@ -190,11 +240,13 @@ class Manifest:
             path = group.path
             repeat = group.repeat
             files = group.has_files
-            for body, _row, _combo in group.iter_bodies():
+            variables_of = group.variables_of()
+            for body, row, combo in group.iter_bodies():
                 prefix = f"{model}\n{encode(identity_view(body) if files else body)}\n"
+                variables = variables_of(row, combo)
                 for r in range(repeat):
                     job_id = sha(f"{prefix}{r}".encode()).hexdigest()[:16]
-                    yield Job(job_id, model, body if r == 0 else dict(body), r, path)
+                    yield Job(job_id, model, body if r == 0 else dict(body), r, path, variables)
 
     def run_dir(self, today: datetime.date, override: str | Path | None = None) -> Path:
         """The run directory for a run started on ``today``.

@@ -10,13 +10,15 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from json.encoder import c_make_encoder, encode_basestring  # type: ignore[attr-defined]
+from types import MappingProxyType
 from typing import Any
 
 __all__ = [
     "FILE_PREFIX",
     "HASH_MARK",
+    "NO_VARIABLES",
     "Job",
     "Limits",
     "canonical_json",
@@ -27,6 +29,8 @@ __all__ = [
 
 FILE_PREFIX = "file:"
 HASH_MARK = "#sha256="
+#: The variables of a job that has none (shared, read-only).
+NO_VARIABLES: Mapping[str, Any] = MappingProxyType({})
 
 
 @dataclass(frozen=True)
@@ -45,13 +49,21 @@ class Limits:
 
 @dataclass(frozen=True)
 class Job:
-    """One request to send: a complete, valid body and its stable ID."""
+    """One request to send: a complete, valid body and its stable ID.
+
+    ``variables`` are the template variables that made the body: matrix keys that are not
+    body fields and prompts-file columns that are not body fields (``prompt`` excluded),
+    with their values as the manifest or file gives them, row columns first, then matrix
+    keys in manifest order.  They describe the job (the gallery's axes, export columns) and
+    are not part of its identity.  Jobs of one combination share one read-only mapping.
+    """
 
     job_id: str  # job_id_for(model, body, repeat_index)
     model: str  # "openai/gpt-image-1.5"
     body: dict[str, Any]  # complete API body (schema defaults, manifest defaults, group)
     repeat_index: int  # 0..repeat-1
     group: str  # "jobs[0]"
+    variables: Mapping[str, Any] = field(default_factory=lambda: NO_VARIABLES, compare=False)
 
 
 _ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)

@@ -11,10 +11,11 @@ Row shape (``state="done"``): the ``metadata.jsonl`` record of one image
 image's place in its task's result: a task that returned k images gives k rows), ``prompt``,
 the other body fields, ``model``, ``task_id``, ``sha256``, ``width``,
 ``height``, ``bytes``, ``submitted_at``, ``finished_at``) plus ``run`` (the run
-directory).  ``file_name`` is relative to ``relative_to`` when given, else to
-its run directory (as in ``metadata.jsonl``).  ``state="all"`` adds every job
-that is not done, once per job ID, with ``state``, ``attempts`` and
-``last_error`` columns (and an empty ``file_name``).  ``cost=True`` adds
+directory) and one ``vars.<name>`` column per template variable of the job (``vars.subject``;
+none for a job recorded before the state file kept variables).  ``file_name`` is relative
+to ``relative_to`` when given, else to its run directory (as in ``metadata.jsonl``).
+``state="all"`` adds every job that is not done, once per job ID, with ``state``,
+``attempts`` and ``last_error`` columns (and an empty ``file_name``).  ``cost=True`` adds
 ``estimated_cost_usd``: what the job's billable submissions (every attempt) are estimated to
 have cost, per image of its result; empty when a price is unknown.
 """
@@ -35,7 +36,7 @@ from batchgen.reports.status import open_readonly_db
 from batchgen.store.lock import acquire_run_lock
 from batchgen.store.outputs import metadata_record, open_atomic, rebuild_metadata
 from batchgen.store.records import DONE, ImageRecord, JobRecord
-from batchgen.store.schema import state_path
+from batchgen.store.schema import has_vars_column, state_path
 from batchgen.store.state import StateStore
 
 __all__ = [
@@ -63,6 +64,7 @@ _FIXED_TAIL = (
     "run",
 )
 _ALL_EXTRA = ("state", "attempts", "last_error")
+VARS_PREFIX = "vars."
 
 
 @dataclass
@@ -117,6 +119,8 @@ def _row(
         record["file_name"] = None
         record["index"] = None
     record["run"] = str(run_dir)
+    for name, value in job.variables.items():
+        record[f"{VARS_PREFIX}{name}"] = value
     if state == "all":
         record["state"] = job.state
         record["attempts"] = job.attempts
@@ -187,15 +191,20 @@ def export_columns(
     runs: Path | str | Sequence[Path | str], *, state: ExportState = "done", cost: bool = False
 ) -> list[str]:
     """The CSV header: ``file_name, job_id, prompt``, every body field (in first-seen order),
-    then the fixed columns."""
+    then the fixed columns, then a ``vars.<name>`` column per template variable."""
     fields: dict[str, None] = {}
+    variables: dict[str, None] = {}
     where = "WHERE state = 'done'" if state == "done" else ""
     for run in _as_list(runs):
         conn = open_readonly_db(run)
         try:
-            for (body,) in conn.execute(f"SELECT body FROM jobs {where} ORDER BY rowid"):
+            column = "vars" if has_vars_column(conn) else "NULL"
+            sql = f"SELECT body, {column} FROM jobs {where} ORDER BY rowid"
+            for body, names in conn.execute(sql):
                 for key in json.loads(body):
                     fields.setdefault(key, None)
+                if names:
+                    variables.update(dict.fromkeys(f"{VARS_PREFIX}{k}" for k in json.loads(names)))
         finally:
             conn.close()
     head = list(_FIXED_HEAD)
@@ -203,7 +212,7 @@ def export_columns(
     if cost:
         tail.append("estimated_cost_usd")
     middle = [k for k in fields if k not in head and k not in tail]
-    return head + middle + tail
+    return head + middle + tail + list(variables)
 
 
 def write_jsonl(rows: Iterable[dict[str, Any]], out: IO[str]) -> int:

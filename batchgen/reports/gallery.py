@@ -5,20 +5,28 @@ a run may be writing), makes the missing thumbnails under ``RUN/gallery/thumbs/`
 (:mod:`batchgen.reports.thumbnails`) and writes one self-contained page
 (:mod:`batchgen.reports.gallery_html`; default ``RUN/gallery/index.html`` of the first run).
 
-Grouping.  The state file records each job's expanded body, model, group (``jobs[0]``) and
-repeat index, not the manifest's template variables, so the axes a gallery can use are:
-the body's fields (``size``, ``quality``, ``prompt``, ...), ``model``, ``group``,
-``repeat``, ``state`` and ``run``.  Without axes there is one section per job group; with
-``x`` and/or ``y`` one grid with those values as column/row headers, the other jobs of a
-cell stacked in it.  A job without the field goes to the ``-`` column/row.
+Grouping.  The state file records each job's template variables (matrix keys and
+prompts-file columns that are not body fields: ``subject``, ``style``, ...), expanded body,
+model, group (``jobs[0]``) and repeat index, so the axes a gallery can use are: the
+variables, the body's fields (``size``, ``quality``, ``prompt``, ...), ``model``,
+``group``, ``repeat``, ``state`` and ``run``.  A run recorded before the state file kept
+variables offers the others only.  Without axes there is one section per job group; with
+``x`` and/or ``y`` one grid with those values as column/row headers (in the order the jobs
+come), the other jobs of a cell stacked in it.  A job that has one axis and not the other
+goes to the ``-`` column/row; jobs that have none of the axes (another job group without
+those variables) follow the grid, one section per job group.
+
+Images.  A done job shows every image the state file records for it (``images`` rows,
+:meth:`~batchgen.store.queries.JobQueries.images_by_job`), in index order, each labelled
+with its index when there are several.
 
 Failures.  A failed, rejected or expired job is a placeholder in its place, labelled with
 its state and :func:`batchgen.reports.reasons.failure_reason`; with ``states="all"``
 (the default) jobs not finished yet are placeholders too; ``states="done"`` shows images only.
 
-Result files are read through the job record (:func:`result_paths`), never guessed from
-job IDs.  Every link is relative to the page, so the folder holding the page and the runs
-can be copied elsewhere.
+Image files are read from the state file's records, never guessed from job IDs.  Every
+link is relative to the page, so the folder holding the page and the runs can be copied
+elsewhere.
 """
 
 from __future__ import annotations
@@ -41,6 +49,7 @@ from batchgen.reports.thumbnails import (
     make_thumbnails,
     thumb_key,
 )
+from batchgen.store.records import ImageRecord
 from batchgen.store.state import DONE, JobRecord, StateError, StateStore, state_path
 
 __all__ = [
@@ -48,10 +57,10 @@ __all__ = [
     "GalleryError",
     "GalleryResult",
     "Tile",
+    "available_axes",
     "axis_value",
     "build_gallery",
     "load_tiles",
-    "result_paths",
 ]
 
 GALLERY_DIR = "gallery"
@@ -81,6 +90,7 @@ class Image:
     thumb: str | None  #: its thumbnail, relative to ``run_dir`` (None: the file is missing)
     width: int | None
     height: int | None
+    index: int = 0  #: its place in the task's result (``images/<job_id>-<index>.<ext>``)
 
     @property
     def path(self) -> Path:
@@ -112,36 +122,24 @@ class GalleryResult:
     page_bytes: int = 0
 
 
-def result_paths(job: JobRecord) -> list[str]:
-    """The result files of a job, relative to its run directory, as its record states them.
-
-    A store that records several results per task exposes them as ``result_paths``; one
-    that records a single file has ``result_path``.
-    """
-    many = getattr(job, "result_paths", None)
-    if many:
-        return [str(p) for p in many]
-    return [job.result_path] if job.result_path else []
-
-
 def run_dir_of(run: Path) -> Path:
     """The run directory of ``run`` (a run directory or its state file)."""
     path = state_path(Path(run))
     return path.parent
 
 
-def _job_images(run_dir: Path, job: JobRecord) -> tuple[Image, ...]:
-    paths = result_paths(job)
+def _job_images(run_dir: Path, records: Sequence[ImageRecord]) -> tuple[Image, ...]:
     out = []
-    for rel in paths:
-        key = thumb_key(run_dir / rel, job.sha256 if len(paths) == 1 else None)
+    for record in records:
+        key = thumb_key(run_dir / record.path, record.sha256)
         out.append(
             Image(
                 run_dir=run_dir,
-                rel=rel,
+                rel=record.path,
                 thumb=f"{GALLERY_DIR}/{THUMBS_DIR}/{key}{THUMB_EXT}" if key else None,
-                width=job.width,
-                height=job.height,
+                width=record.width,
+                height=record.height,
+                index=record.index,
             )
         )
     return tuple(out)
@@ -161,9 +159,10 @@ def load_tiles(runs: Sequence[Path], *, states: str = "all") -> list[Tile]:
         except StateError as exc:
             raise GalleryError(str(exc)) from exc
         with store:
+            recorded = store.images_by_job()
             for job in store.iter_jobs([DONE] if states == "done" else None):
                 if job.state == DONE:
-                    images = _job_images(run_dir, job)
+                    images = _job_images(run_dir, recorded.get(job.job_id, ()))
                     reason = None if images else "done, but no result file recorded"
                 else:
                     images = ()
@@ -203,17 +202,31 @@ def axis_value(tile: Tile, name: str) -> str:
         return job.state
     if name == "run":
         return tile.run
+    if name in job.variables:
+        return render_value(job.variables[name])
     if name in job.body:
         return render_value(job.body[name])
     return MISSING
 
 
+def _variable_names(tiles: Iterable[Tile]) -> list[str]:
+    """The template variables of the tiles' jobs, in the order they first appear."""
+    names: dict[str, None] = {}
+    for tile in tiles:
+        names.update(dict.fromkeys(tile.job.variables))
+    return list(names)
+
+
 def available_axes(tiles: Iterable[Tile]) -> list[str]:
-    """Every axis name the tiles offer: body fields (sorted), then the meta axes."""
+    """Every axis name the tiles offer: template variables (in manifest order), body fields
+    (sorted), then the meta axes."""
+    tiles = list(tiles)
+    variables = _variable_names(tiles)
     fields: set[str] = set()
     for tile in tiles:
         fields.update(tile.job.body)
-    return sorted(fields) + [a for a in META_AXES if a not in fields]
+    named = [*variables, *sorted(fields - set(variables))]
+    return named + [a for a in META_AXES if a not in named]
 
 
 def _check_axis(name: str | None, tiles: Sequence[Tile]) -> None:
@@ -221,9 +234,12 @@ def _check_axis(name: str | None, tiles: Sequence[Tile]) -> None:
         return
     axes = available_axes(tiles)
     if name not in axes:
+        old = "" if _variable_names(tiles) else (
+            "; these runs were recorded without their template variables (run the manifest "
+            "again on the run directory to record them)"
+        )  # fmt: skip
         raise GalleryError(
-            f"no variable {name!r} in these runs; the state file records body fields and "
-            f"model, not template variables; use one of: {', '.join(axes)}"
+            f"no variable {name!r} in these runs{old}; use one of: {', '.join(axes)}"
         )
 
 
@@ -235,7 +251,7 @@ def _varying(tiles: Sequence[Tile], skip: Iterable[str] = ()) -> list[str]:
     names: dict[str, None] = {}
     for tile in tiles:
         names.update(dict.fromkeys(tile.job.body))
-    candidates = ["model", *sorted(names)]
+    candidates = ["model", *_variable_names(tiles), *sorted(names)]
     for tile in tiles:
         for name in candidates:
             if name in skipped or name in varying:
@@ -292,13 +308,22 @@ def build_layout(
     xs: dict[str, None] = {}
     ys: dict[str, None] = {}
     cells: dict[tuple[str, str], list[Tile]] = {}
+    on_grid: list[Tile] = []
+    off_grid: list[Tile] = []
     for tile in tiles:
         xv = axis_value(tile, x) if x else ""
         yv = axis_value(tile, y) if y else ""
+        if all(axis_value(tile, a) == MISSING for a in (x, y) if a):
+            off_grid.append(tile)  # none of the axes: not a point of this grid
+            continue
+        on_grid.append(tile)
         xs[xv] = None
         ys[yv] = None
         cells.setdefault((yv, xv), []).append(tile)
-    varying = _varying(tiles, skip=[a for a in (x, y) if a])
+    skip = [a for a in (x, y) if a]
+    if on_grid and all(t.job.variables for t in on_grid):
+        skip.append("prompt")  # made of the variables; the info panel shows it
+    varying = _varying(on_grid, skip=skip)
     grid = Grid(
         x_name=x or "",
         y_name=y or "",
@@ -306,7 +331,8 @@ def build_layout(
         ys=list(ys),
         cells={k: _cards(v, varying, to_card) for k, v in cells.items()},
     )
-    return [], grid
+    sections, _ = build_layout(off_grid, x=None, y=None, to_card=to_card)
+    return sections, grid
 
 
 def default_page(runs: Sequence[Path]) -> Path:
@@ -395,7 +421,8 @@ def _to_card(
         thumb = None
         if image.thumb is not None and str(image.path) not in broken:
             thumb = posixpath.normpath(f"{prefix}/{image.thumb}")
-        links.append((href, thumb, image.width, image.height))
+        label = str(image.index) if len(tile.images) > 1 else None
+        links.append((href, thumb, image.width, image.height, label))
     seconds = (
         round(job.finished_at - job.submitted_at, 1)
         if job.finished_at is not None and job.submitted_at is not None
@@ -408,10 +435,12 @@ def _to_card(
         "model": job.model,
         "state": job.state,
         "attempts": job.attempts,
+        "vars": dict(job.variables),
         "body": job.body,
         "submitted": job.submitted_at,
         "finished": job.finished_at,
         "seconds": seconds,
+        "images": len(tile.images),
     }
     if tile.reason is not None:
         details["reason"] = tile.reason

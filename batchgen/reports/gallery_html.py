@@ -9,8 +9,9 @@ only what is on screen.  A thumbnail's ``<img>`` carries its size and its file i
 ``data-src``; the page's script gives it its ``src`` at once when its block is on or near
 the first screen (so those count in the page's load), else when the block scrolls near (a
 browser pays for every ``<img>`` with a ``src`` while it parses a page, lazy or not).
-Hovering, focusing or clicking a card shows its prompt, body fields, model, job ID and
-timings in a side panel.
+A job with several images shows each thumbnail (two a row) with its index.
+Hovering, focusing or clicking a card shows its prompt, template variables, body fields,
+model, job ID and timings in a side panel.
 """
 
 from __future__ import annotations
@@ -38,8 +39,9 @@ class Card:
     caption: str
     state: str
     reason: str | None  #: why there is no image (None when there is one)
-    #: (href of the image, src of its thumbnail or None, width, height), all page-relative
-    images: Sequence[tuple[str, str | None, int | None, int | None]]
+    #: (href of the image, src of its thumbnail or None, width, height, index label or None),
+    #: links page-relative
+    images: Sequence[tuple[str, str | None, int | None, int | None, str | None]]
     details: Mapping[str, Any]  #: shown in the info panel (JSON-serialisable)
 
 
@@ -65,7 +67,7 @@ class Grid:
 
 @dataclass(frozen=True)
 class Page:
-    """Everything on the page."""
+    """Everything on the page: the grid (if any), then the sections."""
 
     title: str
     sections: Sequence[Section] = ()
@@ -98,7 +100,11 @@ contain-intrinsic-size:auto 640px}
 padding:5px;max-width:100%;outline:none}
 .c:hover,.c:focus-within,.c:focus{border-color:#9aa0a6;box-shadow:0 1px 6px rgba(0,0,0,.12)}
 .ims{display:flex;gap:4px}
-.ims a{display:block;line-height:0}
+.ims.multi{display:grid;grid-template-columns:repeat(2,128px)}
+.ims.multi+figcaption{width:260px}
+.ims a{display:block;line-height:0;position:relative}
+.ix{position:absolute;left:4px;top:4px;min-width:16px;padding:2px 4px;border-radius:4px;
+background:rgba(28,28,30,.72);color:#fff;font-size:10.5px;line-height:1.2;text-align:center}
 .c img{width:128px;height:128px;object-fit:contain;border-radius:4px;
 background:repeating-conic-gradient(#ececec 0 25%,#fafafa 0 50%) 0 0/12px 12px}
 figcaption{font-size:11px;line-height:1.3;color:var(--mut);width:128px;margin-top:4px;
@@ -113,7 +119,7 @@ color:var(--bad)}
 .ph b{text-transform:uppercase;letter-spacing:.06em;font-size:10.5px;margin-bottom:4px}
 .ph span{overflow-wrap:anywhere;display:-webkit-box;-webkit-line-clamp:5;
 -webkit-box-orient:vertical;overflow:hidden}
-.grid{display:grid;gap:10px;align-items:start}
+.grid{display:grid;gap:10px;align-items:start;margin:0 0 30px}
 .hx,.hy,.corner{font-size:12.5px;font-weight:600;overflow-wrap:anywhere}
 .hx{padding:6px 8px;background:#ebece7;border-radius:6px;position:sticky;top:52px;z-index:2}
 .hy{padding:8px;background:#ebece7;border-radius:6px;max-width:220px;align-self:stretch}
@@ -146,7 +152,9 @@ function row(k,v){if(v===null||v===undefined||v==='')return;var t=document.creat
 t.textContent=k;var v2=document.createElement('dd');v2.textContent=String(v);
 dl.appendChild(t);dl.appendChild(v2)}
 row('state',d.state);row('reason',d.reason);row('model',d.model);row('job ID',d.job);
-row('run',d.run);row('group',d.group);
+row('run',d.run);row('group',d.group);var v=d.vars||{};
+for(var n in v)row(n,typeof v[n]==='string'?v[n]:JSON.stringify(v[n]));
+if(d.images>1)row('images',d.images);
 for(var k in b){if(k!=='prompt')row(k,typeof b[k]==='string'?b[k]:JSON.stringify(b[k]))}
 row('attempts',d.attempts);row('submitted',when(d.submitted));row('finished',when(d.finished));
 row('took',d.seconds===null?'':d.seconds+' s');P.appendChild(dl);P.className='on'}
@@ -214,18 +222,20 @@ class _Writer:
                 f"<b>{escape(card.state)}</b><span>{escape(card.reason or '')}</span></div>"
             )
         else:
-            out.append(f'<figure class="{cls}" data-i="{i}"><div class="ims">')
-            for href, thumb, width, height in card.images:
+            ims = "ims multi" if len(card.images) > 1 else "ims"
+            out.append(f'<figure class="{cls}" data-i="{i}"><div class="{ims}">')
+            for href, thumb, width, height, label in card.images:
+                badge = f'<span class="ix">{escape(label)}</span>' if label is not None else ""
                 if thumb is None:
                     out.append(
                         f'<a href="{_href(href)}"><div class="ph"><b>no thumbnail</b>'
-                        "<span>open the image</span></div></a>"
+                        f"<span>open the image</span></div>{badge}</a>"
                     )
                     continue
                 w, h = _box(width, height)
                 out.append(
                     f'<a href="{_href(href)}"><img loading="lazy" decoding="async" '
-                    f'data-src="{_href(thumb)}" width="{w}" height="{h}" alt=""></a>'
+                    f'data-src="{_href(thumb)}" width="{w}" height="{h}" alt="">{badge}</a>'
                 )
             out.append("</div>")
         out.append(f"<figcaption>{escape(card.caption)}</figcaption></figure>")
@@ -282,8 +292,7 @@ def render_page(page: Page) -> str:
     w = _Writer()
     if page.grid is not None:
         _grid(w, page.grid)
-    else:
-        _sections(w, page.sections)
+    _sections(w, page.sections)
     pills = []
     for state, n in page.counts.items():
         kind = "done" if state == "done" else "bad" if state in _BAD_STATES else ""

@@ -12,14 +12,13 @@ from batchgen.store.errors import StateError
 from batchgen.store.records import (
     ALL_STATES,
     SELECT_IMAGES,
-    SELECT_JOBS,
-    SELECT_ROWID,
     Event,
     ImageRecord,
     JobRecord,
+    job_selects,
     row_to_record,
 )
-from batchgen.store.schema import Transaction
+from batchgen.store.schema import Transaction, has_vars_column
 
 __all__ = ["JobQueries", "has_images_table", "image_counts", "legacy_image"]
 
@@ -78,6 +77,15 @@ class JobQueries:
         self._conn = conn
         self.path = path
         self.readonly = readonly
+        self._selects: tuple[str, str] | None = None
+
+    def _job_sql(self) -> tuple[str, str]:
+        """The job row's SELECT without and with rowid, for this file's columns (looked up on
+        first use: a writer's file is migrated by then; a read-only view of an old file reads
+        its jobs without variables)."""
+        if self._selects is None:
+            self._selects = job_selects(has_vars_column(self._conn))
+        return self._selects
 
     def _tx(self) -> Transaction:
         if self.readonly:
@@ -92,7 +100,7 @@ class JobQueries:
 
     def get(self, job_id: str) -> JobRecord:
         """The job ``job_id``; ``KeyError`` if it is not in the file."""
-        row = self._conn.execute(f"{SELECT_JOBS} WHERE job_id = ?", (job_id,)).fetchone()
+        row = self._conn.execute(f"{self._job_sql()[0]} WHERE job_id = ?", (job_id,)).fetchone()
         if row is None:
             raise KeyError(job_id)
         return row_to_record(row)
@@ -102,15 +110,16 @@ class JobQueries:
     ) -> Iterator[JobRecord]:
         """Every job (optionally only those in ``states``), in insertion order, read in pages."""
         wanted = tuple(states) if states is not None else None
+        select_rowid = self._job_sql()[1]
         last = 0
         while True:
             if wanted is None:
-                sql = f"{SELECT_ROWID} WHERE rowid > ? ORDER BY rowid LIMIT ?"
+                sql = f"{select_rowid} WHERE rowid > ? ORDER BY rowid LIMIT ?"
                 args: tuple[Any, ...] = (last, batch)
             else:
                 marks = ",".join("?" * len(wanted))
                 sql = (
-                    f"{SELECT_ROWID} WHERE state IN ({marks}) AND rowid > ? ORDER BY rowid LIMIT ?"
+                    f"{select_rowid} WHERE state IN ({marks}) AND rowid > ? ORDER BY rowid LIMIT ?"
                 )
                 args = (*wanted, last, batch)
             rows = self._conn.execute(sql, args).fetchall()
@@ -125,7 +134,7 @@ class JobQueries:
     def pending_page(self, after: int, limit: int) -> list[tuple[int, JobRecord]]:
         """Up to ``limit`` active pending jobs with rowid > ``after``: ``(rowid, job)`` pairs."""
         rows = self._conn.execute(
-            f"{SELECT_ROWID} WHERE state = 'pending' AND rowid > ? ORDER BY rowid LIMIT ?",
+            f"{self._job_sql()[1]} WHERE state = 'pending' AND rowid > ? ORDER BY rowid LIMIT ?",
             (after, limit),
         ).fetchall()
         return [(row[-1], row_to_record(row[:-1])) for row in rows if row[19]]
@@ -171,6 +180,20 @@ class JobQueries:
             return [ImageRecord(*row) for row in rows]
         job = self.get(job_id)
         return [image for image in [legacy_image(job)] if image is not None]
+
+    def images_by_job(self) -> dict[str, list[ImageRecord]]:
+        """Every recorded image, grouped by job, each job's by index (a version-1 file: each
+        done job's one image).  One query, for readers that show every job's images."""
+        out: dict[str, list[ImageRecord]] = {}
+        if self._has_images():
+            for row in self._conn.execute(f"{SELECT_IMAGES} ORDER BY job_id, idx"):
+                out.setdefault(row[0], []).append(ImageRecord(*row))
+            return out
+        for job in self.iter_jobs(["done"]):
+            image = legacy_image(job)
+            if image is not None:
+                out[job.job_id] = [image]
+        return out
 
     def image_counts(self) -> dict[str, int]:
         """Recorded images (see :func:`image_counts`)."""

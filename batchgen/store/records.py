@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 __all__ = [
@@ -21,6 +21,8 @@ __all__ = [
     "JobRecord",
     "ResultInfo",
     "SyncResult",
+    "encode_variables",
+    "job_selects",
     "row_to_record",
 ]
 
@@ -86,7 +88,10 @@ JOB_COLUMNS = (
     "format",
     "active",
     "created_at",
+    "vars",
 )
+#: Read from a file without the ``vars`` column (a read-only view of a version-3 file).
+_LEGACY_COLUMNS = (*JOB_COLUMNS[:-1], "NULL")
 
 
 class JobLike(Protocol):
@@ -129,6 +134,9 @@ class JobRecord:
     format: str | None
     active: bool
     created_at: float
+    #: Template variables (:attr:`batchgen.manifest.types.Job.variables`); empty when the job
+    #: has none, or was recorded before the state file kept them.
+    variables: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -242,17 +250,34 @@ def row_to_record(row: Sequence[Any]) -> JobRecord:
         format=row[18],
         active=bool(row[19]),
         created_at=row[20],
+        variables=json.loads(row[21]) if row[21] else {},
     )
 
 
-SELECT_JOBS = f"SELECT {', '.join(JOB_COLUMNS)} FROM jobs"
+def encode_variables(variables: Mapping[str, Any] | None) -> str | None:
+    """The ``vars`` column's text for a job's variables: JSON in their order, NULL for none."""
+    if not variables:
+        return None
+    return _VARS_ENCODER(variables)
+
+
+_VARS_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
+def job_selects(has_vars: bool) -> tuple[str, str]:
+    """``SELECT <job row> FROM jobs`` without and with a trailing rowid, for a file with or
+    without the ``vars`` column (an old file's jobs read with no variables)."""
+    columns = ", ".join(JOB_COLUMNS if has_vars else _LEGACY_COLUMNS)
+    return f"SELECT {columns} FROM jobs", f"SELECT {columns}, rowid FROM jobs"
+
+
+SELECT_JOBS = job_selects(True)[0]
 # What a transition reads first: (state, attempts), or with full=True the whole row.
 SELECT_FOR_MOVE = {
     False: "SELECT state, attempts FROM jobs WHERE job_id = ?",
     True: f"{SELECT_JOBS} WHERE job_id = ?",
 }
-SELECT_ROWID = f"SELECT {', '.join(JOB_COLUMNS)}, rowid FROM jobs"
 INSERT_JOB = (
-    "INSERT OR IGNORE INTO jobs(job_id, model, body, repeat_index, grp, updated_at, created_at)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+    "INSERT OR IGNORE INTO jobs(job_id, model, body, repeat_index, grp, updated_at, created_at,"
+    " vars) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )

@@ -18,9 +18,11 @@ __all__ = [
     "DB_NAME",
     "MIGRATIONS",
     "SCHEMA_VERSION",
+    "VARS_UNKNOWN",
     "Transaction",
     "check_version",
     "connect_readonly",
+    "has_vars_column",
     "init_schema",
     "make_run_dir",
     "state_path",
@@ -28,7 +30,7 @@ __all__ = [
 
 #: The layout version this batchgen writes.  An older file is migrated on open for writing
 #: (:data:`MIGRATIONS`); a newer one is refused.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 DB_NAME = "state.db"
 
 #: Version 3: one row per submission the provider may bill (accepted, or outcome unknown),
@@ -74,7 +76,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     bytes        INTEGER,
     format       TEXT,
     active       INTEGER NOT NULL DEFAULT 1,
-    created_at   REAL NOT NULL
+    created_at   REAL NOT NULL,
+    vars         TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
 CREATE TABLE IF NOT EXISTS events (
@@ -124,11 +127,33 @@ def _migrate_images(c: sqlite3.Connection) -> None:
     )
 
 
+#: A meta key present while some jobs' variables are unknown (a file from before version 4):
+#: the next sync with the manifest fills them in, then removes it.
+VARS_UNKNOWN = "vars_unknown"
+
+
+def has_vars_column(c: sqlite3.Connection) -> bool:
+    """Whether the ``jobs`` table has the ``vars`` column (version 4 and later)."""
+    return any(row[1] == "vars" for row in c.execute("PRAGMA table_info(jobs)"))
+
+
+def _migrate_vars(c: sqlite3.Connection) -> None:
+    """Version 4: each job's template variables (JSON, ``NULL`` when it has none), unknown
+    (``NULL``) for the jobs already in the file until a sync with the manifest fills them."""
+    if not has_vars_column(c):
+        c.execute("ALTER TABLE jobs ADD COLUMN vars TEXT")
+    if c.execute("SELECT 1 FROM jobs LIMIT 1").fetchone() is not None:
+        c.execute(f"INSERT OR REPLACE INTO meta(key, value) VALUES ('{VARS_UNKNOWN}', '1')")
+
+
 #: ``MIGRATIONS[v]`` brings a file of version ``v - 1`` to ``v``, after the tables of
 #: :data:`SCHEMA_SQL` exist; each one is self-contained and idempotent, and they run in
 #: version order inside the transaction that opens the file.
 #: Version 3 added the ``submissions`` table only (:data:`SPEND_SQL`, created with the others).
-MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {2: _migrate_images}
+MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
+    2: _migrate_images,
+    4: _migrate_vars,
+}
 
 
 def state_path(run: Path) -> Path:

@@ -30,9 +30,11 @@ from batchgen.store.records import (
     JobRecord,
     ResultInfo,
     SyncResult,
+    encode_variables,
     image_params,
     row_to_record,
 )
+from batchgen.store.schema import VARS_UNKNOWN
 
 __all__ = ["JobTransitions"]
 
@@ -63,6 +65,7 @@ class JobTransitions(JobQueries):
                 j.group,
                 now,
                 now,
+                encode_variables(getattr(j, "variables", None)),
             )
             for j in jobs
         )
@@ -78,25 +81,45 @@ class JobTransitions(JobQueries):
         inactive (left as they are: never deleted, not submitted by this run; a
         task they already started is still finished); inactive jobs that are back
         in the manifest become active again.  One transaction.
+
+        A job's ``variables`` (when it has them: :class:`batchgen.manifest.types.Job` does)
+        are recorded with it; the jobs of a file from before the state file kept variables
+        get theirs from the first sync after its migration.
         """
         now = time.time()
         known: dict[str, int] = dict(self._conn.execute("SELECT job_id, active FROM jobs"))
         seen: set[str] = set()
         dumps = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
+        backfill = self._vars_unknown()
+        fills: list[tuple[str, str]] = []
+        last: list[Any] = [None, None]  # the last variables seen and their text (shared)
+
+        def variables_text(j: JobLike) -> str | None:
+            variables = getattr(j, "variables", None)
+            if variables is not last[0]:
+                last[0], last[1] = variables, encode_variables(variables)
+            text: str | None = last[1]
+            return text
 
         def new_rows() -> Iterator[tuple[Any, ...]]:
             for j in jobs:
                 job_id = j.job_id
                 seen.add(job_id)
                 if job_id in known:
+                    if backfill and (text := variables_text(j)) is not None:
+                        fills.append((text, job_id))
                     continue
                 known[job_id] = 1
-                yield (job_id, j.model, dumps(j.body), j.repeat_index, j.group, now, now)
+                yield (job_id, j.model, dumps(j.body), j.repeat_index, j.group, now, now,
+                       variables_text(j))  # fmt: skip
 
         with self._tx() as c:
             before = c.total_changes
             c.executemany(INSERT_JOB, new_rows())
             added = c.total_changes - before
+            if backfill:
+                c.executemany("UPDATE jobs SET vars = ? WHERE job_id = ? AND vars IS NULL", fills)
+                c.execute("DELETE FROM meta WHERE key = ?", (VARS_UNKNOWN,))
             back = [(i,) for i, active in known.items() if not active and i in seen]
             gone = [(i,) for i, active in known.items() if active and i not in seen]
             c.executemany("UPDATE jobs SET active = 1 WHERE job_id = ?", back)
@@ -109,6 +132,10 @@ class JobTransitions(JobQueries):
             inactive=inactive,
             total=len(known),
         )
+
+    def _vars_unknown(self) -> bool:
+        found = self._conn.execute("SELECT 1 FROM meta WHERE key = ?", (VARS_UNKNOWN,))
+        return found.fetchone() is not None
 
     # ------------------------------------------------------------- transitions
     def _move(
