@@ -51,7 +51,6 @@ def child(url: str, target: str) -> dict[str, Any]:
         progress_bar=False,
         yes=True,  # thousands of simulated tasks: no spend ceiling to ask for
         options={"metrics_interval": None},
-        yes=True,  # the bench sets no spending ceiling (a real run over 1,000 tasks needs one)
     )
     t0 = time.perf_counter()
     asyncio.run(run_session(req, stop=stop, environ={"MODELLIX_API_KEY": SIM_KEY}))
@@ -77,7 +76,7 @@ def main() -> int:
     report["jobs"] = jobs
     with (
         tempfile.TemporaryDirectory() as tmp,
-        simulator("--latency", "fixed:60", "--account-balance", "1000000") as sim,
+        simulator("--latency", "fixed:60") as sim,
     ):
         manifest = write_manifest(Path(tmp), jobs, concurrency=16)
         run_dir = Path(tmp) / "run"
