@@ -80,6 +80,8 @@ from batchgen.api.urls import (
 __all__ = ["MAX_REDIRECTS", "ModellixClient"]
 
 logger = logging.getLogger(__name__)
+# httpx.AsyncClient logs each exchange on this logger at INFO; the seam keeps that line.
+_httpx_logger = logging.getLogger("httpx")
 
 MAX_REDIRECTS = 3
 
@@ -198,6 +200,11 @@ class ModellixClient:
             # proxy); a given transport (tests, in-process simulator) is used as is.
             trust_env=default,
         )
+        # What ``AsyncClient.build_request`` would add to every request, computed once: the
+        # client's default headers (User-Agent, Accept, Accept-Encoding, Connection) and the
+        # timeouts every transport reads from the request's extensions.
+        self._default_headers = httpx.Headers(self._http.headers)
+        self._extensions = {"timeout": self._http.timeout.as_dict()}
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -337,20 +344,45 @@ class ModellixClient:
         headers: Mapping[str, str],
         content: Content = None,
     ) -> httpx.Response:
-        """The one seam every request goes through: send it with ``httpx.AsyncClient.send``
-        and return the answer with its body unread (stream it, then ``aclose`` it).
+        """The one seam every request goes through: hand it to the transport chosen for its
+        URL and return the answer with its body unread (stream it, then ``aclose`` it).
 
-        ``Authorization`` is added here, for the API's origin only. Redirects are never
-        followed here. ``method`` is GET, HEAD or POST (else ``ValueError``); ``content`` is
-        bytes (sent with a ``Content-Length``) or an async iterable of bytes (sent chunked).
+        The transport is the one ``httpx.AsyncClient`` would pick (proxies from the
+        environment, loopback always direct: :func:`batchgen.api.urls.never_proxied`), called
+        directly: the client's other layers (auth flows, redirects, cookies, event hooks) are
+        ones batchgen never uses, and cost more CPU than the rest of an exchange on loopback.
+        ``Authorization`` is added here, for the API's origin only; redirects are never
+        followed; no cookie is stored or sent. ``method`` is GET, HEAD or POST (else
+        ``ValueError``); ``content`` is bytes (sent with a ``Content-Length``) or an async
+        iterable of bytes (sent chunked).
         """
         if method not in _METHODS:
             raise ValueError(f"unsupported method {method!r}")
         parsed = url if isinstance(url, httpx.URL) else parsed_url(url)
+        merged = self._default_headers.copy()
+        merged.update(headers)
         if self._key is not None and key_goes_to(parsed, self._api_origin):
-            headers = {**headers, "Authorization": f"Bearer {self._key.reveal()}"}
-        request = self._http.build_request(method, parsed, content=content, headers=headers)
-        return await self._http.send(request, stream=True)
+            merged["Authorization"] = f"Bearer {self._key.reveal()}"
+        request = httpx.Request(
+            method, parsed, headers=merged, content=content, extensions=self._extensions
+        )
+        transport = self._http._transport_for_url(parsed)
+        try:
+            response = await transport.handle_async_request(request)
+        except httpx.RequestError as exc:
+            exc.request = request  # as httpx.AsyncClient.send does
+            raise
+        response.request = request
+        if _httpx_logger.isEnabledFor(logging.INFO):
+            _httpx_logger.info(
+                'HTTP Request: %s %s "%s %d %s"',
+                method,
+                safe_url_for_message(str(parsed)),
+                response.http_version,
+                response.status_code,
+                response.reason_phrase,
+            )
+        return response
 
     async def _call_json(
         self, op: Operation, method: str, url: str, *, content: bytes | None = None
