@@ -30,6 +30,7 @@ import hashlib
 import json
 import logging
 import re
+import ssl
 from collections.abc import AsyncIterable, Callable, Mapping
 from types import TracebackType
 from typing import Any
@@ -64,6 +65,7 @@ from batchgen.api.errors import (
 )
 from batchgen.api.failures import NetworkErrors
 from batchgen.api.text import body_snippet, sanitize
+from batchgen.api.transport import direct_transport
 from batchgen.api.urls import (
     check_proxy_environment,
     key_goes_to,
@@ -102,6 +104,9 @@ _METHODS = frozenset({"GET", "HEAD", "POST"})
 Content = bytes | AsyncIterable[bytes] | None
 
 
+_NO_LIMITS = httpx.Limits()
+
+
 class _NoCookies(httpx.Cookies):
     """A cookie jar that stays empty: the API authenticates with a bearer key, so a
     ``Set-Cookie`` (from the API or a CDN) is never stored nor sent back."""
@@ -132,6 +137,22 @@ class _AsyncClient(httpx.AsyncClient):
         if never_proxied(url):
             return self._transport
         return super()._transport_for_url(url)
+
+    def _init_transport(  # noqa: PLR0917 - httpx's own signature
+        self,
+        verify: ssl.SSLContext | str | bool = True,
+        cert: Any = None,
+        trust_env: bool = True,
+        http1: bool = True,
+        http2: bool = False,
+        limits: httpx.Limits = _NO_LIMITS,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> httpx.AsyncBaseTransport:
+        # The direct path (no proxy, loopback always) is aiohttp's transport; the proxy
+        # transports httpx builds from the environment stay httpx's own.
+        if transport is not None:
+            return transport
+        return direct_transport(verify=verify, trust_env=trust_env, limits=limits)
 
 
 class ModellixClient:
