@@ -1,11 +1,13 @@
 """The Modellix HTTP client: submit, poll and download, every request through one seam.
 
 One :class:`ModellixClient` owns one :class:`httpx.AsyncClient` and sends every request through
-:meth:`ModellixClient._send`, which hands it to ``httpx.AsyncClient.send``. In production the
-transport is httpx's own (``httpx.AsyncHTTPTransport`` over httpcore: connection pool, TLS
-honouring ``SSL_CERT_FILE``/``SSL_CERT_DIR``, address racing, answer-head caps), with the proxy
-environment honoured (``HTTP(S)_PROXY``, ``ALL_PROXY``, ``NO_PROXY``; SOCKS with the ``socks``
-extra) except for loopback hosts, which are always reached directly. Tests and the in-process
+:meth:`ModellixClient._send`, which hands it to the transport that client picks for its URL
+(``handle_async_request``; the client's redirect, cookie, auth and hook layers are not used).
+In production the transport of direct requests is aiohttp's under httpx's API
+(:mod:`batchgen.api.transport`: connection pool, TLS honouring ``SSL_CERT_FILE``/
+``SSL_CERT_DIR``, address racing, answer-head caps), and requests through a proxy from the
+environment (``HTTP(S)_PROXY``, ``ALL_PROXY``, ``NO_PROXY``; SOCKS with the ``socks`` extra) use
+httpx's own transport; loopback hosts are always reached directly. Tests and the in-process
 simulator plug another transport in (``httpx.MockTransport``, ``httpx.ASGITransport``) under
 the same seam, so what they test is the code production runs.
 
@@ -19,8 +21,8 @@ next. Security rules kept here:
 - Tasks are always polled on the configured base URL: a ``get_result.url`` on another origin is
   ignored.
 - Answers are read with a size cap (JSON answers: 1 MiB, downloads: 50 MiB by default, checked
-  against both ``Content-Length`` and the bytes received); an answer head larger than
-  httpcore's cap (100 KiB) is a :class:`ProtocolError`; every call has an overall deadline;
+  against both ``Content-Length`` and the bytes received); an answer head past the
+  transport's cap is a :class:`ProtocolError`; every call has an overall deadline;
   downloads follow at most three redirects, each https or loopback only.
 """
 
@@ -120,7 +122,9 @@ class _NoCookies(httpx.Cookies):
 
 class _AsyncClient(httpx.AsyncClient):
     """``httpx.AsyncClient`` without cookies, whose loopback requests never use a proxy
-    (:func:`batchgen.api.urls.never_proxied`, whatever the host's spelling)."""
+    (:func:`batchgen.api.urls.never_proxied`, whatever the host's spelling), and whose default
+    (direct) transport is :func:`batchgen.api.transport.direct_transport`. It picks the
+    transport for each URL and owns the transports' lifetime; the seam sends through them."""
 
     _no_cookies = _NoCookies()
 
