@@ -1,11 +1,13 @@
 """The Modellix HTTP client: submit, poll and download, every request through one seam.
 
 One :class:`ModellixClient` owns one :class:`httpx.AsyncClient` and sends every request through
-:meth:`ModellixClient._send`, which hands it to ``httpx.AsyncClient.send``. In production the
-transport is httpx's own (``httpx.AsyncHTTPTransport`` over httpcore: connection pool, TLS
-honouring ``SSL_CERT_FILE``/``SSL_CERT_DIR``, address racing, answer-head caps), with the proxy
-environment honoured (``HTTP(S)_PROXY``, ``ALL_PROXY``, ``NO_PROXY``; SOCKS with the ``socks``
-extra) except for loopback hosts, which are always reached directly. Tests and the in-process
+:meth:`ModellixClient._send`, which hands it to the transport that client picks for its URL
+(``handle_async_request``; the client's redirect, cookie, auth and hook layers are not used).
+In production the transport of direct requests is aiohttp's under httpx's API
+(:mod:`batchgen.api.transport`: connection pool, TLS honouring ``SSL_CERT_FILE``/
+``SSL_CERT_DIR``, address racing, answer-head caps), and requests through a proxy from the
+environment (``HTTP(S)_PROXY``, ``ALL_PROXY``, ``NO_PROXY``; SOCKS with the ``socks`` extra) use
+httpx's own transport; loopback hosts are always reached directly. Tests and the in-process
 simulator plug another transport in (``httpx.MockTransport``, ``httpx.ASGITransport``) under
 the same seam, so what they test is the code production runs.
 
@@ -19,8 +21,8 @@ next. Security rules kept here:
 - Tasks are always polled on the configured base URL: a ``get_result.url`` on another origin is
   ignored.
 - Answers are read with a size cap (JSON answers: 1 MiB, downloads: 50 MiB by default, checked
-  against both ``Content-Length`` and the bytes received); an answer head larger than
-  httpcore's cap (100 KiB) is a :class:`ProtocolError`; every call has an overall deadline;
+  against both ``Content-Length`` and the bytes received); an answer head past the
+  transport's cap is a :class:`ProtocolError`; every call has an overall deadline;
   downloads follow at most three redirects, each https or loopback only.
 """
 
@@ -66,6 +68,7 @@ from batchgen.api.errors import (
 )
 from batchgen.api.failures import ConnectionUse, NetworkErrors, tls_environment_problem
 from batchgen.api.text import body_snippet, sanitize
+from batchgen.api.transport import direct_transport
 from batchgen.api.urls import (
     check_proxy_environment,
     key_goes_to,
@@ -82,6 +85,8 @@ from batchgen.api.urls import (
 __all__ = ["BALANCE_PATH", "MAX_REDIRECTS", "VALIDATE_PATH", "ModellixClient"]
 
 logger = logging.getLogger(__name__)
+# httpx.AsyncClient logs each exchange on this logger at INFO; the seam keeps that line.
+_httpx_logger = logging.getLogger("httpx")
 
 MAX_REDIRECTS = 3
 #: Where the provider reports the account balance (its official CLI calls it).
@@ -108,6 +113,9 @@ _METHODS = frozenset({"GET", "HEAD", "POST"})
 Content = bytes | AsyncIterable[bytes] | None
 
 
+_NO_LIMITS = httpx.Limits()
+
+
 class _NoCookies(httpx.Cookies):
     """A cookie jar that stays empty: the API authenticates with a bearer key, so a
     ``Set-Cookie`` (from the API or a CDN) is never stored nor sent back."""
@@ -121,7 +129,9 @@ class _NoCookies(httpx.Cookies):
 
 class _AsyncClient(httpx.AsyncClient):
     """``httpx.AsyncClient`` without cookies, whose loopback requests never use a proxy
-    (:func:`batchgen.api.urls.never_proxied`, whatever the host's spelling)."""
+    (:func:`batchgen.api.urls.never_proxied`, whatever the host's spelling), and whose default
+    (direct) transport is :func:`batchgen.api.transport.direct_transport`. It picks the
+    transport for each URL and owns the transports' lifetime; the seam sends through them."""
 
     _no_cookies = _NoCookies()
 
@@ -138,6 +148,22 @@ class _AsyncClient(httpx.AsyncClient):
         if never_proxied(url):
             return self._transport
         return super()._transport_for_url(url)
+
+    def _init_transport(  # noqa: PLR0917 - httpx's own signature
+        self,
+        verify: ssl.SSLContext | str | bool = True,
+        cert: Any = None,
+        trust_env: bool = True,
+        http1: bool = True,
+        http2: bool = False,
+        limits: httpx.Limits = _NO_LIMITS,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> httpx.AsyncBaseTransport:
+        # The direct path (no proxy, loopback always) is aiohttp's transport; the proxy
+        # transports httpx builds from the environment stay httpx's own.
+        if transport is not None:
+            return transport
+        return direct_transport(verify=verify, trust_env=trust_env, limits=limits)
 
 
 class ModellixClient:
@@ -217,6 +243,11 @@ class ModellixClient:
             )
         except (OSError, ssl.SSLError) as exc:  # SSL_CERT_FILE/SSL_CERT_DIR unreadable
             raise ConfigError(tls_environment_problem(exc)) from None
+        # What ``AsyncClient.build_request`` would add to every request, computed once: the
+        # client's default headers (User-Agent, Accept, Accept-Encoding, Connection) and the
+        # timeouts every transport reads from the request's extensions.
+        self._default_headers = httpx.Headers(self._http.headers)
+        self._extensions = {"timeout": self._http.timeout.as_dict()}
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -403,24 +434,48 @@ class ModellixClient:
         content: Content = None,
         trace: ConnectionUse | None = None,
     ) -> httpx.Response:
-        """The one seam every request goes through: send it with ``httpx.AsyncClient.send``
-        and return the answer with its body unread (stream it, then ``aclose`` it).
+        """The one seam every request goes through: hand it to the transport chosen for its
+        URL and return the answer with its body unread (stream it, then ``aclose`` it).
 
-        ``Authorization`` is added here, for the API's origin only. Redirects are never
-        followed here. ``method`` is GET, HEAD or POST (else ``ValueError``); ``content`` is
-        bytes (sent with a ``Content-Length``) or an async iterable of bytes (sent chunked).
-        ``trace`` (httpcore's trace extension) learns whether the connection was new.
+        The transport is the one ``httpx.AsyncClient`` would pick (proxies from the
+        environment, loopback always direct: :func:`batchgen.api.urls.never_proxied`), called
+        directly: the client's other layers (auth flows, redirects, cookies, event hooks) are
+        ones batchgen never uses, and cost more CPU than the rest of an exchange on loopback.
+        ``Authorization`` is added here, for the API's origin only; redirects are never
+        followed; no cookie is stored or sent. ``method`` is GET, HEAD or POST (else
+        ``ValueError``); ``content`` is bytes (sent with a ``Content-Length``) or an async
+        iterable of bytes (sent chunked).
+        ``trace`` (httpcore's trace extension) learns whether the connection was new; only
+        httpx's own transport calls it.
         """
         if method not in _METHODS:
             raise ValueError(f"unsupported method {method!r}")
         parsed = url if isinstance(url, httpx.URL) else parsed_url(url)
+        merged = self._default_headers.copy()
+        merged.update(headers)
         if self._key is not None and key_goes_to(parsed, self._api_origin):
-            headers = {**headers, "Authorization": f"Bearer {self._key.reveal()}"}
-        extensions = {"trace": trace} if trace is not None else None
-        request = self._http.build_request(
-            method, parsed, content=content, headers=headers, extensions=extensions
+            merged["Authorization"] = f"Bearer {self._key.reveal()}"
+        extensions = self._extensions if trace is None else {**self._extensions, "trace": trace}
+        request = httpx.Request(
+            method, parsed, headers=merged, content=content, extensions=extensions
         )
-        return await self._http.send(request, stream=True)
+        transport = self._http._transport_for_url(parsed)
+        try:
+            response = await transport.handle_async_request(request)
+        except httpx.RequestError as exc:
+            exc.request = request  # as httpx.AsyncClient.send does
+            raise
+        response.request = request
+        if _httpx_logger.isEnabledFor(logging.INFO):
+            _httpx_logger.info(
+                'HTTP Request: %s %s "%s %d %s"',
+                method,
+                safe_url_for_message(str(parsed)),
+                response.http_version,
+                response.status_code,
+                response.reason_phrase,
+            )
+        return response
 
     async def _call_json(
         self,

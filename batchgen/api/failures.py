@@ -226,8 +226,9 @@ def _describe(exc: BaseException) -> str:
 
 
 def _head_too_large(exc: BaseException) -> bool:
-    """Whether a transport error comes from h11's cap on an incomplete event (an answer head
-    or trailer section that never ends): h11 marks it with the hint 431."""
+    """Whether a transport error comes from a transport's cap on an answer head or trailer
+    section that never ends: h11 (httpx's transport) marks it with the hint 431, and so does
+    :class:`batchgen.api.transport.AnswerHeadTooLarge` (aiohttp's)."""
     seen: BaseException | None = exc
     for _ in range(8):  # httpx -> httpcore -> h11: a short chain
         if seen is None:
