@@ -1,1 +1,1 @@
-"""Reading finished or running runs: status, export, metrics, failure reasons."""
+"""Reading finished or running runs: status, export, metrics, the gallery, failure reasons."""
