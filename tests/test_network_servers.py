@@ -244,10 +244,10 @@ async def test_a_submit_never_goes_out_on_a_kept_alive_connection_the_server_clo
         writer.write(answer(SUBMITTED))  # then the connection closes, as a recycled worker's
         await writer.drain()
 
-    async with serve(answer_once_then_close) as (url, accepted):
-        async with ModellixClient(url, KEY) as client:
-            await client.submit(SUBMIT_PATH, {"prompt": "first"})
-            second = await client.submit(SUBMIT_PATH, {"prompt": "second"})
+    server = serve(answer_once_then_close)
+    async with server as (url, accepted), ModellixClient(url, KEY) as client:
+        await client.submit(SUBMIT_PATH, {"prompt": "first"})
+        second = await client.submit(SUBMIT_PATH, {"prompt": "second"})
     assert second.task_id == "t-1"  # accepted: not written onto the closed connection
     assert client.stale_connection_retries == 0
     assert len(accepted) == 2
