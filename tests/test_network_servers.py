@@ -236,6 +236,23 @@ async def test_a_submit_reset_on_a_reused_connection_is_sent_again_not_ambiguous
     assert len(accepted) == 2  # the second send went on a new connection
 
 
+async def test_a_submit_never_goes_out_on_a_kept_alive_connection_the_server_closed() -> None:
+    async def answer_once_then_close(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        await read_request(reader)
+        writer.write(answer(SUBMITTED))  # then the connection closes, as a recycled worker's
+        await writer.drain()
+
+    server = serve(answer_once_then_close)
+    async with server as (url, accepted), ModellixClient(url, KEY) as client:
+        await client.submit(SUBMIT_PATH, {"prompt": "first"})
+        second = await client.submit(SUBMIT_PATH, {"prompt": "second"})
+    assert second.task_id == "t-1"  # accepted: not written onto the closed connection
+    assert client.stale_connection_retries == 0
+    assert len(accepted) == 2
+
+
 async def test_a_clean_close_without_an_answer_on_a_reused_connection_stays_ambiguous() -> None:
     async with serve(_recycler("close")) as (url, _), ModellixClient(url, KEY) as client:
         await client.submit(SUBMIT_PATH, {"prompt": "first"})
