@@ -85,6 +85,7 @@ class Runner(Submits):
                     job.poll_url,
                     job.submitted_at or time.time(),
                     job.attempts,
+                    model=job.model,
                 )
             )
         ticker = asyncio.get_running_loop().create_task(self._tick(progress))

@@ -28,7 +28,7 @@ from batchgen.run.durable import ImageCommitter
 from batchgen.run.job_source import JobSource
 from batchgen.run.options import LimitsLike, RunOptions
 from batchgen.run.pacing import AimdLimit, DownloadLane, RateLimiter, backoff_delay
-from batchgen.run.polling import PollSchedule
+from batchgen.run.polling import PollSchedules
 from batchgen.run.submit_paths import SubmitPaths
 from batchgen.run.summary import RunSummary
 from batchgen.store.errors import StateError
@@ -63,7 +63,7 @@ class RunnerCore:
         self._rate = RateLimiter(limits.rate)
         self._aimd = AimdLimit(limits.concurrency)
         self._downloads = DownloadLane(maximum=max(4, limits.concurrency))
-        self._schedule = PollSchedule(
+        self._schedules = PollSchedules(
             first_wait=self.opts.first_poll,
             min_interval=self.opts.min_poll_interval,
             max_interval=self.opts.max_poll_interval,

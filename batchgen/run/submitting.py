@@ -146,7 +146,14 @@ class Submits(Follows):
             self._submits -= 1
             slot = False  # _follow owns the slot now
             self._spawn(
-                self._follow(job_id, submitted.task_id, submitted.poll_url, time.time(), attempts)
+                self._follow(
+                    job_id,
+                    submitted.task_id,
+                    submitted.poll_url,
+                    time.time(),
+                    attempts,
+                    model=job.model,
+                )
             )
             return True
         finally:
