@@ -26,6 +26,25 @@ def test_tasks_of_one_duration_are_polled_again_one_gap_after_a_running_answer()
     assert schedule.next_delay(2.45, 2) == pytest.approx(0.5)
 
 
+def test_rungs_closer_than_one_gap_are_polled_once_at_the_last_of_them() -> None:
+    # 1 s tasks learnt with 30 ms of jitter, polls at least 50 ms apart: a poll at the 30th
+    # percentile and another a gap later would cost two polls and see the end later than one
+    # poll at the top of the spread.
+    schedule = PollSchedule(min_interval=0.05, max_interval=30.0)
+    for i in range(100):
+        d = 0.985 + 0.0003 * i
+        schedule.observe(d, d - 0.01)
+    top = schedule.quantile(_LADDER_SHORT[-1])
+    assert top is not None
+    assert schedule.next_delay(0.0, 0) == pytest.approx(top)
+    # Spread wider than a gap: the first rung is still polled on its own.
+    wide = PollSchedule(min_interval=0.05, max_interval=30.0)
+    for i in range(100):
+        d = 0.5 + 0.01 * i
+        wide.observe(d, d - 0.01)
+    assert wide.next_delay(0.0, 0) == pytest.approx(wide.quantile(_LADDER_SHORT[0]))
+
+
 def test_a_task_past_the_whole_ladder_backs_off() -> None:
     schedule = _learnt([2.0] * 50)
     assert schedule.next_delay(4.0, len(_LADDER_SHORT)) == pytest.approx(2.0)

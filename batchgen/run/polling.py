@@ -155,14 +155,22 @@ class PollSchedule:
             target = max(self.first_wait, elapsed * factor)
         else:
             gap = max(self.min_interval, _GAP * median)
-            target = 0.0
+            target = end = 0.0
             ladder = _LADDER_SHORT if median < _SHORT * self.min_interval else _LADDER
             # The first ladder rung still ahead of this task.
+            # Rungs within one gap after it cannot get a poll of their own (polls are a gap
+            # apart at least): poll once, at the last of them.
             for q in ladder[polls:]:
                 value = self.quantile(q) or median
-                if value > elapsed + gap / 2:
-                    target = value
+                if target == 0.0:
+                    if value > elapsed + gap / 2:
+                        target = value
+                elif value <= target + gap:
+                    end = value
+                else:
                     break
+            if target != 0.0:
+                target = max(target, end)
             if target == 0.0:
                 # Past every rung while rungs are left: the durations are narrow (e.g. all
                 # alike), so the task is due any moment: one gap later, not 50% later (a 2 s
