@@ -89,7 +89,9 @@ async def test_the_pool_converges_to_the_accounts_cap_and_holds_it(tmp_path: Pat
     assert 1 <= summary.throttled <= 1 + probes
     assert summary.concurrency_cap == summary.concurrency_cap_lowest == 3
     assert summary.throttle_pauses == summary.concurrency_decreases == 0
-    assert summary.concurrency_limit == 3
+    # The working limit: the cap, or one above it when the run ended after an accepted probe
+    # (on a busy machine a probe may go while one of our tasks has ended unseen).
+    assert summary.concurrency_limit in (3, 4)
     assert sim.stats()["tasks"]["peak_concurrent"] == 3
     # Held: every other submit was accepted, each into a slot of ours that had just freed.
     assert summary.submitted == 60 + summary.throttled
