@@ -20,7 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -127,9 +127,28 @@ def write_manifest(
     retries: int = 8,
     timeout: str = "30m",
     name: str = "bench",
+    models: Sequence[str] | None = None,
 ) -> Path:
-    """A manifest of exactly ``jobs`` jobs (a prompts file, one prompt a line)."""
+    """A manifest of exactly ``jobs`` jobs (a prompts file, one prompt a line); with
+    ``models``, one job per group, the models taking turns (interleaved); only
+    :data:`MODEL`'s jobs set ``quality: low`` (the other models have no such field)."""
     folder.mkdir(parents=True, exist_ok=True)
+    if models:
+        groups = "".join(
+            f"  - {{model: {model}, prompt: 'benchmark object number {i}'"
+            + (", quality: low}\n" if model == MODEL else "}\n")
+            for i, model in ((i, models[i % len(models)]) for i in range(jobs))
+        )
+        text = (
+            f"version: 1\nname: {name}\nmodel: {models[0]}\n"
+            "output: run\n"
+            f"limits: {{concurrency: {concurrency}, rate: {rate}, retries: {retries}, "
+            f"timeout: {timeout}}}\n"
+            f"jobs:\n{groups}"
+        )
+        path = folder / "bench.yaml"
+        path.write_text(text, encoding="utf-8")
+        return path
     with (folder / "prompts.txt").open("w", encoding="utf-8") as f:
         for i in range(jobs):
             f.write(f"benchmark object number {i}, a small ceramic figurine\n")

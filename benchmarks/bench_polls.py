@@ -25,7 +25,7 @@ SCALE = 0.05
 def child(url: str, jobs: int, concurrency: int) -> dict[str, Any]:
     """One measured run (in this fresh process)."""
     options = {
-        "first_poll": 2.0 * SCALE,
+        "first_poll": 0.1 * SCALE,
         "min_poll_interval": 0.05 * SCALE,
         "max_poll_interval": 30.0 * SCALE,
     }

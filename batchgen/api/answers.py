@@ -29,6 +29,7 @@ from batchgen.api.errors import (
     ServerError,
 )
 from batchgen.api.text import sanitize
+from batchgen.api.throttle import rate_per_second, throttle_kind
 from batchgen.api.urls import parsed_url
 
 __all__ = [
@@ -340,8 +341,10 @@ def error_for_status(
     http_status: int,
     detail: str,
     retry_after: float | None,
+    headers: Mapping[str, str] | None = None,
 ) -> ApiError:
-    """Map an HTTP(-like) error status to an ApiError (API calls, not downloads)."""
+    """Map an HTTP(-like) error status to an ApiError (API calls, not downloads); ``headers``
+    tell which limit a 429 reports (:mod:`batchgen.api.throttle`)."""
     submit = op == "submit"
     where = f"{op}: HTTP {http_status}" + (f" (code {status})" if status != http_status else "")
     common: dict[str, Any] = {"status": status, "http_status": http_status, "operation": op}
@@ -360,7 +363,13 @@ def error_for_status(
             return NotFound(f"{where}: no such endpoint: {detail}", **common)
         return NotFound(f"{where}: unknown task: {detail}", **common)
     if status == 429:
-        return RateLimited(f"{where}: rate limited: {detail}", retry_after=retry_after, **common)
+        return RateLimited(
+            f"{where}: rate limited: {detail}",
+            retry_after=retry_after,
+            kind=throttle_kind(detail, headers),
+            rate=rate_per_second(headers),
+            **common,
+        )
     if status in (408, 425):
         # The server gave up before processing the request: not ambiguous.
         return ServerError(f"{where}: {detail}", retry_after=retry_after, **common)
@@ -405,6 +414,7 @@ def checked_data(
                 http_status=http_status,
                 detail=detail,
                 retry_after=parse_retry_after(headers),
+                headers=headers,
             )
         shown = sanitize(str(code_value), 40)
         raise ProtocolError(

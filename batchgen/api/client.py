@@ -542,6 +542,7 @@ class ModellixClient:
             http_status=status,
             detail=detail,
             retry_after=parse_retry_after(response.headers),
+            headers=response.headers,
         )
 
     async def _download(self, url: str, file: Writable) -> DownloadResult:

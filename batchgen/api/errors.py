@@ -8,6 +8,9 @@ errors holds the API key (the client scrubs every message before it leaves).
 
 from __future__ import annotations
 
+from typing import Any
+
+from batchgen.api.throttle import ThrottleKind
 from batchgen.errors import BatchgenError, ExitCode
 
 __all__ = [
@@ -119,9 +122,24 @@ class NotFound(ApiError):
 
 
 class RateLimited(ApiError):
-    """429: request-rate or concurrent-task limit; ``retry_after`` when the server said."""
+    """429: request-rate or concurrent-task limit; ``retry_after`` when the server said.
+
+    ``kind``: which limit the answer reports (:func:`batchgen.api.throttle.throttle_kind`);
+    ``rate``: requests per second from ``X-RateLimit-Limit``, when present."""
 
     default_retryable = True
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        kind: ThrottleKind = "unknown",
+        rate: float | None = None,
+        **kw: Any,
+    ) -> None:
+        super().__init__(message, **kw)
+        self.kind: ThrottleKind = kind
+        self.rate = rate
 
 
 class ServerError(ApiError):

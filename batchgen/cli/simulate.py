@@ -17,6 +17,7 @@ from batchgen.simulator.settings import (
     Latency,
     SimulatorConfig,
     StatusNames,
+    parse_model_latency,
 )
 
 T = TypeVar("T")
@@ -99,6 +100,14 @@ def add_parser(subparsers: Any) -> None:
         type=_typed(Latency.parse, "latency"),
         default=Latency(),
         help="SECONDS | fixed:S | uniform:LO..HI | lognormal:MEDIAN,SIGMA (default fixed:10)",
+    )
+    tasks.add_argument(
+        "--latency-by-model",
+        type=_typed(parse_model_latency, "model latency"),
+        action="append",
+        default=[],
+        metavar="MODEL=LATENCY",
+        help="tasks of MODEL take LATENCY instead (repeatable)",
     )
     tasks.add_argument(
         "--pending-fraction", type=rate, default=0.1, help="share of latency spent 'pending'"
@@ -207,6 +216,7 @@ def config_from_args(args: argparse.Namespace) -> SimulatorConfig:
         seed=args.seed,
         api_key=args.api_key,
         latency=args.latency,
+        latency_by_model=tuple(args.latency_by_model),
         pending_fraction=args.pending_fraction,
         time_scale=args.time_scale,
         fail_rate=args.fail_rate,

@@ -1,5 +1,5 @@
-"""Following a remote task (:class:`Follows`): polling it on the adaptive schedule
-(:class:`batchgen.run.polling.PollSchedule`) while it holds its slot, until it succeeds
+"""Following a remote task (:class:`Follows`): polling it on its model's adaptive schedule
+(:class:`batchgen.run.polling.PollSchedules`) while it holds its slot, until it succeeds
 (then it is downloaded), fails (another attempt or ``failed``) or outlives
 ``limits.timeout`` (``failed``).  A task the provider no longer knows (404) is generated again
 while attempts remain.  A 401/402 while polling stops new submissions; the task keeps its
@@ -31,20 +31,27 @@ class Follows(Downloads):
         poll_url: str | None,
         submitted_at: float,
         attempts: int,
+        *,
+        model: str,
     ) -> None:
         """Poll a running task (holding its slot) until it ends, then download its result."""
         slot = True
+        schedule = self._schedules[model]
+        probe = schedule.enlist()
         try:
             deadline = submitted_at + self.limits.timeout
-            polls = 0
+            polls = 0  # polls on the warm schedule (a task started cold starts it at 0)
             last_running: float | None = None
             errors = 0
             while True:
                 elapsed = time.time() - submitted_at
-                delay = self._schedule.next_delay(elapsed, polls)
+                delay = schedule.next_delay(elapsed, polls, probe=probe)
                 delay = min(delay, max(deadline - time.time(), 0.0) + 0.01)
                 wake_at = time.monotonic() + delay
-                await asyncio.sleep(delay)
+                if schedule.warm:
+                    await asyncio.sleep(delay)
+                elif await self._schedules.wait_warm(model, delay):
+                    continue  # learnt while this task slept: aim its next poll again
                 self._downloads.note_lateness(time.monotonic() - wake_at)
                 elapsed = time.time() - submitted_at
                 try:
@@ -72,9 +79,10 @@ class Follows(Downloads):
                         continue
                 finally:
                     self.summary.polls += 1
-                polls += 1
+                if schedule.warm:
+                    polls += 1
                 if status is not None and status.state == "success":
-                    self._schedule.observe(elapsed, last_running)
+                    self._schedules.observe(model, elapsed, last_running)
                     slot = False
                     self._release_slot()
                     self.store.mark_downloading(job_id, f"task {task_id} succeeded")
@@ -82,7 +90,7 @@ class Follows(Downloads):
                     await self._download(job_id, status.resources, attempts)
                     return
                 if status is not None and status.state == "failed":
-                    self._schedule.observe(elapsed, last_running)
+                    self._schedules.observe(model, elapsed, last_running)
                     slot = False
                     self._release_slot()
                     self._retry_or_fail(

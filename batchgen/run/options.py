@@ -45,8 +45,9 @@ class RunOptions:
     """Set it (e.g. from a signal handler) to stop submitting and end the run (exit 130)."""
     submit_path: Callable[[str], str] | None = None
     """Model name → submit path; default: the model's schema (``batchgen.manifest.catalogue``)."""
-    first_poll: float = 2.0
-    """Seconds before the first poll while nothing is learnt about task durations."""
+    first_poll: float = 0.1
+    """Seconds before the first poll of a model's first tasks, while nothing is learnt about
+    its task durations (then backing off geometrically: :mod:`batchgen.run.polling`)."""
     min_poll_interval: float = 0.05
     """Shortest gap between two polls of a task (the gap is also at least 2% of the typical
     task duration, so this matters only for tasks of a few seconds)."""

@@ -11,7 +11,14 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-__all__ = ["AimdLimit", "DownloadLane", "RateLimiter", "backoff_delay"]
+__all__ = [
+    "LEARNT_LIMITS_KEY",
+    "AccountLimits",
+    "AimdLimit",
+    "DownloadLane",
+    "RateLimiter",
+    "backoff_delay",
+]
 
 
 def backoff_delay(
@@ -51,6 +58,15 @@ class RateLimiter:
         self.pause_until = -math.inf
         self.window_until = -math.inf  # end of the last pause's recovery span
         self.pauses = 0  # pauses started
+
+    def set_rate(self, rate: float, *, burst: float = 1.0) -> None:
+        """Acquire at most ``rate`` per second from now on, in bursts of at most ``burst``."""
+        if rate <= 0:
+            raise ValueError("rate must be positive")
+        self._refill(self._clock())
+        self.rate = float(rate)
+        self.burst = float(burst)
+        self._tokens = min(self._tokens, self.burst)
 
     def pause(self, seconds: float) -> None:
         """Hold every acquisition for ``seconds`` from now (extends, never shortens, a pause)."""
@@ -121,6 +137,96 @@ class AimdLimit:
         """An accepted submission: additive increase (one slot) towards the maximum."""
         if self.value < self.maximum:
             self.value = min(float(self.maximum), self.value + 1.0)
+
+
+#: The run settings' key (:meth:`batchgen.store.state.StateStore.settings`) of what 429s
+#: taught about the account, so that a resumed run starts there.
+LEARNT_LIMITS_KEY = "learnt_limits"
+
+
+class AccountLimits:
+    """The account's limits as 429s reveal them: a cap on running tasks and a request rate.
+
+    * A "too many running tasks" 429 answered while ``running`` of our tasks were accepted and
+      not seen ended means the cap is at most ``running`` (the provider counts no task of ours
+      we have not submitted, and none we saw ended): :meth:`on_cap_hit` lowers the cap to it
+      at once, so the cap converges in as many 429s as it takes, usually one, and is then held:
+      a task goes as soon as one of ours ends, without a pause.
+    * After ``probe_after`` accepted submits at the cap without such a 429, the cap is raised
+      by one (the account may allow more now); the next 429 brings it back.
+    * A "too many requests" 429 sets the rate from ``X-RateLimit-Limit`` when the answer has
+      it (else only its ``Retry-After`` paces).
+
+    :meth:`as_setting` / the ``learnt`` argument carry it across runs (run settings).
+    """
+
+    def __init__(
+        self,
+        maximum: int,
+        *,
+        learnt: object = None,
+        probe_after: int = 10,
+    ) -> None:
+        self.maximum = max(1, int(maximum))
+        self.probe_after = probe_after
+        self.cap: int | None = None
+        self.rate: float | None = None
+        if isinstance(learnt, dict):
+            cap, rate = learnt.get("concurrency_cap"), learnt.get("rate_per_s")
+            if isinstance(cap, int) and not isinstance(cap, bool) and cap >= 1:
+                self.cap = min(cap, self.maximum)
+            if isinstance(rate, (int, float)) and not isinstance(rate, bool) and rate > 0:
+                self.rate = float(rate)
+        self.history: deque[int] = deque([] if self.cap is None else [self.cap], maxlen=64)
+        """The last caps set in this run, in order."""
+        self.lowest: int | None = self.cap
+        """The lowest cap set in this run."""
+        self.held: int | None = self.cap
+        """The cap the last running-task 429 (or the last run) set: probes above it aside."""
+        self._at_cap = 0
+
+    def limit(self, other: int) -> int:
+        """The concurrency allowed now: ``other`` (e.g. the AIMD limit) within the cap."""
+        return other if self.cap is None else min(other, self.cap)
+
+    def on_cap_hit(self, running: int) -> bool:
+        """A "too many running tasks" 429 while ``running`` tasks of ours were accepted and not
+        seen ended; True when the held cap changed (to record it)."""
+        self._at_cap = 0
+        new = max(1, min(running, self.maximum))
+        if self.cap is not None and new >= self.cap:
+            return False  # nothing lower learnt
+        changed = new != self.held
+        self.cap = self.held = new
+        self.history.append(new)
+        self.lowest = new if self.lowest is None else min(self.lowest, new)
+        return changed
+
+    def on_accepted(self, running: int) -> None:
+        """A submit was accepted; ``running`` tasks of ours now (this one included).  An
+        accepted probe raises the working cap but not the one held (recorded): our count
+        includes tasks that ended unseen, so it proves nothing about the account's cap."""
+        if self.cap is None or running < self.cap or self.cap >= self.maximum:
+            return
+        self._at_cap += 1
+        if self._at_cap >= self.probe_after:
+            self._at_cap = 0
+            self.cap += 1
+            self.history.append(self.cap)
+
+    def on_rate_hit(self, header_rate: float | None) -> float | None:
+        """A "too many requests" 429 (``header_rate``: from ``X-RateLimit-Limit``); returns the
+        rate to pace at from now on, or None when the answer did not say (its ``Retry-After``
+        alone then paces: a rate guessed from what was accepted meanwhile would also count
+        the time spent waiting for slots)."""
+        if header_rate is None or header_rate <= 0:
+            return None
+        self.rate = header_rate
+        return self.rate
+
+    def as_setting(self) -> dict[str, float | int | None]:
+        """What was learnt, for the run settings."""
+        return {"concurrency_cap": self.held, "rate_per_s": self.rate}
 
 
 class DownloadLane:

@@ -85,6 +85,7 @@ class Runner(Submits):
                     job.poll_url,
                     job.submitted_at or time.time(),
                     job.attempts,
+                    model=job.model,
                 )
             )
         ticker = asyncio.get_running_loop().create_task(self._tick(progress))
@@ -169,7 +170,10 @@ class Runner(Submits):
         s.duration = time.monotonic() - started
         s.images_per_minute = s.downloads / s.duration * 60 if s.duration > 0 else 0.0
         s.throttle_pauses, s.concurrency_decreases = self._rate.pauses, self._aimd.decreases
-        s.concurrency_lowest, s.concurrency_limit = self._aimd.lowest, self._aimd.limit
+        s.concurrency_lowest = self._aimd.lowest
+        s.concurrency_limit = self._account.limit(self._aimd.limit)
+        s.concurrency_cap, s.learnt_rate = self._account.held, self._account.rate
+        s.concurrency_cap_lowest = self._account.lowest
         left = sum(counts[k] for k in ("pending", "submitting", "running", "downloading"))
         if interrupted:
             s.exit_code, s.stop_reason = ExitCode.INTERRUPTED, "interrupted"

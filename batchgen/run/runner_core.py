@@ -27,8 +27,15 @@ from batchgen.run.budget import SpendGuard
 from batchgen.run.durable import ImageCommitter
 from batchgen.run.job_source import JobSource
 from batchgen.run.options import LimitsLike, RunOptions
-from batchgen.run.pacing import AimdLimit, DownloadLane, RateLimiter, backoff_delay
-from batchgen.run.polling import PollSchedule
+from batchgen.run.pacing import (
+    LEARNT_LIMITS_KEY,
+    AccountLimits,
+    AimdLimit,
+    DownloadLane,
+    RateLimiter,
+    backoff_delay,
+)
+from batchgen.run.polling import PollSchedules
 from batchgen.run.submit_paths import SubmitPaths
 from batchgen.run.summary import RunSummary
 from batchgen.store.errors import StateError
@@ -62,8 +69,14 @@ class RunnerCore:
         self._rng = random.Random(self.opts.seed)
         self._rate = RateLimiter(limits.rate)
         self._aimd = AimdLimit(limits.concurrency)
+        # What earlier runs of this state file learnt of the account's limits: start there.
+        self._account = AccountLimits(
+            limits.concurrency, learnt=store.settings().get(LEARNT_LIMITS_KEY)
+        )
+        if self._account.rate is not None and self._account.rate < limits.rate:
+            self._rate.set_rate(self._account.rate)
         self._downloads = DownloadLane(maximum=max(4, limits.concurrency))
-        self._schedule = PollSchedule(
+        self._schedules = PollSchedules(
             first_wait=self.opts.first_poll,
             min_interval=self.opts.min_poll_interval,
             max_interval=self.opts.max_poll_interval,

@@ -1,16 +1,20 @@
 """Submitting jobs (:class:`Submits`): at most ``limits.concurrency`` remote tasks in flight
-(AIMD-adjusted), at most ``limits.rate`` submissions per second and at most
-``limits.submits_in_flight`` submit requests awaiting their answer.  ``submitting`` is
+(AIMD-adjusted, within the account's cap learnt from 429s), at most ``limits.rate``
+submissions per second and at most ``limits.submits_in_flight`` submit requests awaiting
+their answer.  ``submitting`` is
 committed before the request is sent and the task_id the moment the answer is read, before
 the task is polled.
 
 Outcomes of a submit:
 
-* 429: the job goes back to the queue without using an attempt and is submitted again
-  once the shared pause ends.  A 429 starts that pause (``Retry-After`` or a backoff) and
-  halves the concurrency limit only when it opens a new throttle window
-  (:class:`batchgen.run.pacing.RateLimiter`); each accepted submit grows the limit back by
-  one (AIMD).
+* 429: the job goes back to the queue without using an attempt.  By the limit the answer
+  names (:mod:`batchgen.api.throttle`): too many running tasks sets the account's cap
+  (:class:`batchgen.run.pacing.AccountLimits`), held for the run and recorded in the run
+  settings so a resumed run starts there; too many requests holds every submit until its
+  ``Retry-After`` and paces submits at the rate learnt; a 429 that names no limit makes its
+  job wait its ``Retry-After``, and only several in a row start a shared pause and halve the
+  concurrency limit once per throttle window (:class:`batchgen.run.pacing.RateLimiter`),
+  grown back by one per accepted submit (AIMD).
 * 400: the job is ``rejected``; never retried.
 * 404 on submit: no task was created; the model's next documented path shape is tried
   (:mod:`batchgen.run.submit_paths`); when none is left, as 401 below.
@@ -40,6 +44,7 @@ from batchgen.api import ApiError, NotFound, RateLimited, Rejected, Unreachable
 from batchgen.errors import ExitCode
 from batchgen.manifest.inputs import materialize_body
 from batchgen.run.following import Follows
+from batchgen.run.pacing import LEARNT_LIMITS_KEY
 from batchgen.store.records import JobRecord
 from batchgen.store.spend import AMBIGUOUS
 
@@ -54,7 +59,10 @@ class Submits(Follows):
     def _pool_full(self) -> bool:
         """No new submit now: ``concurrency`` tasks in flight, or ``submits_in_flight`` submit
         requests still awaiting their answer."""
-        return self._in_flight >= self._aimd.limit or self._submits >= self._max_submits
+        return (
+            self._in_flight >= self._account.limit(self._aimd.limit)
+            or self._submits >= self._max_submits
+        )
 
     def _ready_job(self) -> JobRecord | None:
         """The next job, with its slot and submit turn taken, when one may be submitted right
@@ -137,6 +145,8 @@ class Submits(Follows):
             self._reached_server = True
             self._throttle_streak = 0
             self._aimd.on_success()
+            # Accepted and running now: every slot taken but the other submits awaiting answers.
+            self._account.on_accepted(self._in_flight - self._submits + 1)
             # The task_id (and the billed submission) is committed before anything else
             # happens with the task.
             charge = self._guard.settle(job_id, job.model, job.body, billed=True)
@@ -146,7 +156,14 @@ class Submits(Follows):
             self._submits -= 1
             slot = False  # _follow owns the slot now
             self._spawn(
-                self._follow(job_id, submitted.task_id, submitted.poll_url, time.time(), attempts)
+                self._follow(
+                    job_id,
+                    submitted.task_id,
+                    submitted.poll_url,
+                    time.time(),
+                    attempts,
+                    model=job.model,
+                )
             )
             return True
         finally:
@@ -158,8 +175,17 @@ class Submits(Follows):
                 self._release_slot()
 
     def _on_throttled(self, job_id: str, exc: RateLimited, sent_at: float) -> None:
-        """A 429 on submit: one shared pause per throttle window; the job waits its turn again."""
+        """A 429 on submit; the job waits its turn again, without using an attempt.
+
+        * too many running tasks: the cap is learnt (:class:`AccountLimits`) and held; the job
+          goes as soon as a slot frees, no pause;
+        * too many requests: everybody waits for its ``Retry-After`` (nothing could pass
+          before) and submits are paced at the rate learnt;
+        * unsaid: this job waits for its ``Retry-After``; several 429s in a row (a storm)
+          start one shared pause and one concurrency halving per throttle window (AIMD)."""
         self.summary.throttled += 1
+        by_kind = self.summary.throttled_by_kind
+        by_kind[exc.kind] = by_kind.get(exc.kind, 0) + 1
         self._throttles[job_id] += 1
         self._throttle_streak += 1
         pause = exc.retry_after
@@ -168,15 +194,38 @@ class Submits(Follows):
                 self.opts.backoff_cap,
                 self.opts.throttle_pause * 2 ** min(self._throttle_streak - 1, 6),
             )
-        storm = self._throttle_streak >= self.opts.throttle_storm
-        if self._rate.throttled(pause, sent_at=sent_at, storm=storm):
-            self._aimd.on_throttle()  # one multiplicative decrease per window
+        retry_in = 0.0
+        if exc.kind == "concurrency":
+            # Our tasks the provider may count: every slot taken but this submit's (other
+            # submits awaiting their answer may have been accepted: never below the cap).
+            cap = self._account.cap
+            if self._account.on_cap_hit(self._in_flight - 1):
+                self._save_learnt()
+            if self._account.cap == cap:
+                retry_in = pause  # tasks not ours count too (orphans, another client): wait
+            # else the cap fell (learnt, or a probe refused): the pool is full, so the job
+            # goes as soon as one of ours ends
+        elif exc.kind == "rate":
+            self._rate.pause(pause)
+            rate = self._account.on_rate_hit(exc.rate)
+            if rate is not None and rate < self.limits.rate:
+                self._rate.set_rate(rate)
+                self._save_learnt()
+        elif self._throttle_streak >= self.opts.throttle_storm:
+            if self._rate.throttled(pause, sent_at=sent_at, storm=True):
+                self._aimd.on_throttle()  # one multiplicative decrease per window
+        else:
+            retry_in = pause
         if self._throttles[job_id] >= self.opts.max_throttles:
             self._fail(job_id, "submitting", f"rate limited {self._throttles[job_id]} times")
         else:
             self.store.mark_pending(job_id, f"rate limited: {exc}", refund_attempt=True)
             self._moved("submitting", "pending")
-            self._schedule_retry(job_id, 0.0)
+            self._schedule_retry(job_id, retry_in)
+
+    def _save_learnt(self) -> None:
+        """Record what was learnt of the account's limits in the run settings."""
+        self.store.update_settings({LEARNT_LIMITS_KEY: self._account.as_setting()})
 
     def _other_submit_path(self, job_id: str, model: str, path: str, exc: ApiError) -> bool:
         """A 404 on submit created no task: when the model has another documented path shape

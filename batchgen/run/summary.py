@@ -24,11 +24,21 @@ class RunSummary:
     ambiguous_resubmits: int = 0
     throttled: int = 0
     throttle_pauses: int = 0
-    """Shared pauses started by 429s (one per throttle window, however many 429s it had)."""
+    """Shared pauses of throttle windows started by storms of 429s that name no limit (one per
+    window, however many 429s it had); a request-rate 429 holds everybody until its
+    ``Retry-After`` without a window, a running-task 429 holds nobody."""
     concurrency_decreases: int = 0
     concurrency_lowest: int = 0
     concurrency_limit: int = 0
-    """The concurrency limit (AIMD) when the run ended."""
+    """The concurrency limit (AIMD within the learnt cap) when the run ended."""
+    concurrency_cap: int | None = None
+    """The account's cap on running tasks as learnt from 429s (None: none seen)."""
+    concurrency_cap_lowest: int | None = None
+    """The lowest cap held during the run (a cap converged and held: equal to the cap)."""
+    learnt_rate: float | None = None
+    """Submissions per second the account allows, as learnt from 429s (None: none seen)."""
+    throttled_by_kind: dict[str, int] = field(default_factory=dict)
+    """429s on submit by the limit they reported: concurrency, rate, unknown."""
     polls: int = 0
     downloads: int = 0
     recovered_submitting: int = 0

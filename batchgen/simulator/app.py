@@ -299,7 +299,9 @@ class Simulator:
             return Answer(500, error_body(500, "simulated internal error"), [])
         if kind == "error_503":
             return self._retry_answer(503, "simulated outage", self.config.retry_after)
-        return self._retry_answer(429, "simulated rate limit", self.config.retry_after)
+        return self._retry_answer(
+            429, "the server is busy, try again later", self.config.retry_after
+        )
 
     def _handle(self, scope: Scope, route: str, method: str, path: str, parsed: object) -> Answer:
         expected = "POST" if route == "submit" else "GET"
@@ -319,8 +321,13 @@ class Simulator:
             wait = self._bucket.take(now, config.rate_limit)
             if wait is not None:
                 self._faults["rate_limit"] += 1
-                detail = f"request rate limit of {config.rate_limit:g}/s exceeded"
-                return self._retry_answer(429, detail, wait)
+                detail = (
+                    f"too many requests: request rate limit of {config.rate_limit * 60:g} "
+                    "per minute exceeded"
+                )
+                limit = str(round(config.rate_limit * 60)).encode()
+                extra = [(b"x-ratelimit-limit", limit), (b"x-ratelimit-remaining", b"0")]
+                return self._retry_answer(429, detail, wait, extra)
         if route == "account":
             return account_answer(path, self._balance_usd)
         if route == "submit":
@@ -353,11 +360,11 @@ class Simulator:
         limit = config.max_concurrent_tasks
         if limit is not None and active >= limit:
             self._faults["concurrency_limit"] += 1
-            detail = f"concurrent task limit of {limit} reached"
+            detail = f"too many running tasks: the concurrent task limit of {limit} is reached"
             return self._retry_answer(429, detail, self._tasks.next_end() - now)
 
         task_id = self._tasks.new_task_id(config.seed, model.provider)
-        latency = config.latency.sample(self._task_rng)
+        latency = config.latency_for(model.name).sample(self._task_rng)
         fails = self._task_rng.random() < config.fail_rate
         expired_early = self._task_rng.random() < config.expired_rate and not fails
         if fails:
@@ -456,8 +463,16 @@ class Simulator:
         self._download_bytes += len(data)
         return Answer(200, data, [])
 
-    def _retry_answer(self, status: int, detail: str, seconds: float) -> Answer:
-        return retry_answer(status, detail, seconds, integer=self.config.integer_retry_after)
+    def _retry_answer(
+        self,
+        status: int,
+        detail: str,
+        seconds: float,
+        extra: list[tuple[bytes, bytes]] | None = None,
+    ) -> Answer:
+        return retry_answer(
+            status, detail, seconds, integer=self.config.integer_retry_after, extra=extra
+        )
 
     @staticmethod
     def _base_url(scope: Scope) -> str:

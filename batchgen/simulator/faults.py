@@ -61,13 +61,21 @@ class TokenBucket:
         return (1.0 - self._tokens) / rate
 
 
-def retry_answer(status: int, detail: str, seconds: float, *, integer: bool) -> Answer:
-    """A 429/503 answer with ``Retry-After`` (decimal under one second unless ``integer``)
-    and, on 429, ``X-RateLimit-Reset``."""
+def retry_answer(
+    status: int,
+    detail: str,
+    seconds: float,
+    *,
+    integer: bool,
+    extra: list[tuple[bytes, bytes]] | None = None,
+) -> Answer:
+    """A 429/503 answer with ``Retry-After`` (decimal under one second unless ``integer``),
+    on 429 ``X-RateLimit-Reset``, and the ``extra`` headers."""
     seconds = max(0.0, seconds)
     value = str(math.ceil(seconds)) if integer or seconds >= 1 else f"{max(seconds, 0.001):.3f}"
     headers = [(b"retry-after", value.encode())]
     if status == 429:
         reset = str(math.ceil(time.time() + seconds)).encode()
         headers.append((b"x-ratelimit-reset", reset))
+    headers.extend(extra or ())
     return Answer(status, error_body(status, detail), headers)

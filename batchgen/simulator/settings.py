@@ -169,6 +169,9 @@ class SimulatorConfig:
     # --- task life cycle (simulated time) ---
     latency: Latency = field(default_factory=Latency)
     """Time from submit to the task's end, in simulated seconds."""
+    latency_by_model: tuple[tuple[str, Latency], ...] = ()
+    """``(model, latency)`` pairs: tasks of these models (``provider/model``) take their own
+    latency instead of ``latency``."""
     pending_fraction: float = 0.1
     """The first part of a task's latency answers ``pending``, the rest ``processing``."""
     time_scale: float = 1.0
@@ -281,6 +284,13 @@ class SimulatorConfig:
             return True
         return path.endswith("/async") == (self.submit_paths == "async")
 
+    def latency_for(self, model: str) -> Latency:
+        """The latency distribution of ``model``'s tasks."""
+        for name, latency in self.latency_by_model:
+            if name == model:
+                return latency
+        return self.latency
+
     @property
     def burst(self) -> int:
         """The token bucket's size."""
@@ -303,3 +313,11 @@ class SimulatorConfig:
             fail_rate=rate,
             expired_rate=rate,
         )
+
+
+def parse_model_latency(text: str) -> tuple[str, Latency]:
+    """Parse ``MODEL=SPEC`` (e.g. ``openai/gpt-image-1.5=fixed:8``) for ``latency_by_model``."""
+    model, sep, spec = text.partition("=")
+    if not sep or not model.strip():
+        raise ValueError(f"invalid model latency {text!r}: expected MODEL=LATENCY")
+    return model.strip(), Latency.parse(spec)
