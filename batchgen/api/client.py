@@ -67,12 +67,11 @@ from batchgen.api.errors import (
     TransportFailure,
 )
 from batchgen.api.failures import ConnectionUse, NetworkErrors, tls_environment_problem
+from batchgen.api.http_client import SeamClient
 from batchgen.api.text import body_snippet, sanitize
-from batchgen.api.transport import direct_transport
 from batchgen.api.urls import (
     check_proxy_environment,
     key_goes_to,
-    never_proxied,
     origin_of,
     origin_of_text,
     parsed_url,
@@ -89,8 +88,6 @@ logger = logging.getLogger(__name__)
 _httpx_logger = logging.getLogger("httpx")
 
 MAX_REDIRECTS = 3
-#: Where the provider reports the account balance (its official CLI calls it).
-BALANCE_PATH = "/api/v1/team/balance"
 
 #: The account endpoints the provider's official CLI calls (docs/api.md).
 VALIDATE_PATH = "/api/v1/apikey/validate"
@@ -111,59 +108,6 @@ _PLAIN_REST = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,;=:@/?]*")
 _METHODS = frozenset({"GET", "HEAD", "POST"})
 
 Content = bytes | AsyncIterable[bytes] | None
-
-
-_NO_LIMITS = httpx.Limits()
-
-
-class _NoCookies(httpx.Cookies):
-    """A cookie jar that stays empty: the API authenticates with a bearer key, so a
-    ``Set-Cookie`` (from the API or a CDN) is never stored nor sent back."""
-
-    def extract_cookies(self, response: httpx.Response) -> None:
-        return None
-
-    def set_cookie_header(self, request: httpx.Request) -> None:
-        return None
-
-
-class _AsyncClient(httpx.AsyncClient):
-    """``httpx.AsyncClient`` without cookies, whose loopback requests never use a proxy
-    (:func:`batchgen.api.urls.never_proxied`, whatever the host's spelling), and whose default
-    (direct) transport is :func:`batchgen.api.transport.direct_transport`. It picks the
-    transport for each URL and owns the transports' lifetime; the seam sends through them."""
-
-    _no_cookies = _NoCookies()
-
-    @property
-    def cookies(self) -> httpx.Cookies:
-        return self._no_cookies
-
-    @cookies.setter
-    def cookies(self, cookies: Any) -> None:
-        if cookies:
-            raise ValueError("batchgen's client keeps no cookies")
-
-    def _transport_for_url(self, url: httpx.URL) -> httpx.AsyncBaseTransport:
-        if never_proxied(url):
-            return self._transport
-        return super()._transport_for_url(url)
-
-    def _init_transport(  # noqa: PLR0917 - httpx's own signature
-        self,
-        verify: ssl.SSLContext | str | bool = True,
-        cert: Any = None,
-        trust_env: bool = True,
-        http1: bool = True,
-        http2: bool = False,
-        limits: httpx.Limits = _NO_LIMITS,
-        transport: httpx.AsyncBaseTransport | None = None,
-    ) -> httpx.AsyncBaseTransport:
-        # The direct path (no proxy, loopback always) is aiohttp's transport; the proxy
-        # transports httpx builds from the environment stay httpx's own.
-        if transport is not None:
-            return transport
-        return direct_transport(verify=verify, trust_env=trust_env, limits=limits)
 
 
 class ModellixClient:
@@ -231,7 +175,7 @@ class ModellixClient:
         if default:
             check_proxy_environment()
         try:
-            self._http = _AsyncClient(
+            self._http = SeamClient(
                 headers={"User-Agent": f"batchgen/{__version__}"},
                 timeout=httpx.Timeout(timeout, connect=connect_timeout),
                 limits=limits,
