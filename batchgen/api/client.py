@@ -28,7 +28,6 @@ next. Security rules kept here:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import re
@@ -56,14 +55,12 @@ from batchgen.api.answers import (
     task_status_from,
     valid_task_id,
 )
+from batchgen.api.bodies import download_error, read_capped, stream_to_file
 from batchgen.api.errors import (
     ApiError,
     ConfigError,
     ProtocolError,
-    RateLimited,
     Rejected,
-    ResultExpired,
-    ServerError,
     TransportFailure,
 )
 from batchgen.api.failures import ConnectionUse, NetworkErrors, tls_environment_problem
@@ -441,7 +438,7 @@ class ModellixClient:
         async with self._network_errors(op, lambda: f"{method} {urlsplit(url).path}"):
             response = await self._send(method, url, headers, content, trace)
             try:
-                body, too_big = await _read_capped(response, self.max_response_bytes)
+                body, too_big = await read_capped(response, self.max_response_bytes)
             finally:
                 await response.aclose()
         status = response.status_code
@@ -536,77 +533,15 @@ class ModellixClient:
                         logger.debug("download: %s -> HTTP %d redirect", what, status)
                         continue
                     if status != 200:
-                        body, _ = await _read_capped(response, 4096)
-                        raise self._download_error(status, what, body, response.headers)
-                    return await self._stream_to_file(response, file, what)
+                        body, _ = await read_capped(response, 4096)
+                        raise download_error(status, what, body, response.headers)
+                    return await stream_to_file(response, file, what, self.max_download_bytes)
                 finally:
                     await response.aclose()
         raise ProtocolError(
             f"download: more than {MAX_REDIRECTS} redirects",
             operation="download",
             retryable=False,
-        )
-
-    def _download_error(
-        self, status: int, what: object, body: bytes, headers: httpx.Headers
-    ) -> ApiError:
-        detail = provider_message(loads(body)) or body_snippet(body)
-        common: dict[str, Any] = {"status": status, "operation": "download"}
-        message = f"download: {what}: HTTP {status}: {detail}"
-        if status in (403, 404, 410):
-            return ResultExpired(message + " (result URL expired or gone)", **common)
-        if status == 429:
-            return RateLimited(message, retry_after=parse_retry_after(headers), **common)
-        if status in (408, 425) or 500 <= status <= 599:
-            return ServerError(message, retry_after=parse_retry_after(headers), **common)
-        return ProtocolError(message, retryable=False, **common)
-
-    async def _stream_to_file(
-        self, response: httpx.Response, file: Writable, what: object
-    ) -> DownloadResult:
-        cap = self.max_download_bytes
-        declared = _content_length(response.headers)
-        if declared is not None and declared > cap:
-            raise ProtocolError(
-                f"download: {what}: Content-Length {declared} exceeds the {cap}-byte limit",
-                status=200,
-                operation="download",
-                retryable=False,
-            )
-        digest = hashlib.sha256()
-        count = 0
-        async for chunk in response.aiter_bytes():
-            count += len(chunk)
-            if count > cap:
-                raise ProtocolError(
-                    f"download: {what}: body exceeds the {cap}-byte limit",
-                    status=200,
-                    operation="download",
-                    retryable=False,
-                )
-            digest.update(chunk)
-            file.write(chunk)
-        encoding = response.headers.get("content-encoding", "identity").strip().lower()
-        if declared is not None and encoding in ("", "identity"):
-            if count < declared:
-                raise TransportFailure(
-                    f"download: {what}: short body ({count} of {declared} bytes)",
-                    status=200,
-                    operation="download",
-                )
-            if count > declared:
-                raise ProtocolError(
-                    f"download: {what}: body longer than its Content-Length"
-                    f" ({count} > {declared} bytes)",
-                    status=200,
-                    operation="download",
-                )
-        content_type = response.headers.get("content-type")
-        logger.debug("download: %s -> %d bytes", what, count)
-        return DownloadResult(
-            bytes=count,
-            sha256=digest.hexdigest(),
-            content_type=sanitize(content_type, 100) if content_type else None,
         )
 
 
@@ -630,26 +565,3 @@ class _LazyGet:
         if self._text is None:
             self._text = f"GET {safe_url_for_message(str(self._url))}"
         return self._text
-
-
-def _content_length(headers: httpx.Headers) -> int | None:
-    value = headers.get("content-length")
-    if value is None:
-        return None
-    value = value.strip()
-    return int(value) if value.isdigit() and len(value) < 20 else None
-
-
-async def _read_capped(response: httpx.Response, cap: int) -> tuple[bytes, bool]:
-    """Read at most *cap* bytes of *response*; return (body, exceeded)."""
-    declared = _content_length(response.headers)
-    if declared is not None and declared > cap:
-        return b"", True
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in response.aiter_bytes():
-        size += len(chunk)
-        if size > cap:
-            return b"".join(chunks), True
-        chunks.append(chunk)
-    return b"".join(chunks), False
