@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import shutil
 import sqlite3
 from pathlib import Path
@@ -129,3 +130,34 @@ def test_example_manifests_run_through_the_simulator(
     with sqlite3.connect(run_dir / "state.db") as db:
         stored = "".join(str(row) for row in db.execute("select * from jobs"))
     assert "base64" not in stored  # the state file holds the hash and path, never the bytes
+
+
+def _plan_ids(path: Path, capsys: pytest.CaptureFixture[str]) -> list[str]:
+    assert main(["plan", str(path), "--json"]) == 0
+    return [sample["job_id"] for sample in json.loads(capsys.readouterr().out)["samples"]]
+
+
+def test_editing_the_shipped_input_image_changes_the_job_ids_plan_shows(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    shutil.copytree(REPO / "manifests", tmp_path / "manifests")
+    path = tmp_path / "manifests" / "edit-images.yaml"
+    before = _plan_ids(path, capsys)
+    again = _plan_ids(path, capsys)
+    image = tmp_path / "manifests" / "inputs" / "cat.png"
+    image.write_bytes(image.read_bytes() + b"edited")  # still a PNG by its magic bytes
+    after = _plan_ids(path, capsys)
+    assert before == again
+    assert len(after) == len(before) == 3
+    assert set(after).isdisjoint(before)
+
+
+def test_a_missing_input_file_is_exit_2_with_file_and_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = manifest(tmp_path, "[file:inputs/absent.png]")
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr()
+    text = err.out + err.err
+    assert f"{path}:5:" in text
+    assert "absent.png" in text
