@@ -4,9 +4,10 @@
     python benchmarks/bench_polls.py --quick   # 200 jobs (seconds; CI smoke run)
 
 The simulator (own process, loopback port) runs ``--time-scale 0.05``: a 10 s task
-takes 0.5 s of real time.  The runner's poll timings (first poll 2 s, min interval
-0.5 s, max 30 s) are scaled by the same factor, so the run is the real-time run
-played 20x faster.  Target: at most 3 polls per task on average.
+takes 0.5 s of real time.  The runner's default poll timings (first poll of a model's
+first tasks 0.1 s, min interval 0.05 s, max 30 s; each model's schedule is then learnt) are
+scaled by the same factor, so the run is the real-time run played 20x faster.
+Target: at most 3 polls per task on average.
 """
 
 from __future__ import annotations

@@ -26,7 +26,6 @@ EXAMPLE = REPO / "manifests" / "example.yaml"
 SUBJECTS = ["a red fox", "a lighthouse", "a teacup"]
 STYLES = ["watercolor", "isometric render"]
 WAN = "alibaba/wan2.7-image"
-FOX_WATERCOLOR = {"subject": "a red fox", "style": "watercolor"}
 
 
 def simulated_example(run_dir: Path) -> list[Job]:

@@ -62,11 +62,6 @@ class ModelSpec:
         """The body field that sets the number of images, if any."""
         return self.outputs.field if self.outputs is not None else None
 
-    @property
-    def outputs_default(self) -> int:
-        """Images per task when the body leaves the outputs field out."""
-        return self.outputs.default if self.outputs is not None else 1
-
     def image_input(self, field: str) -> ImageInputSpec | None:
         """The limits of ``field`` when it takes input images."""
         for spec in self.image_inputs:

@@ -61,7 +61,6 @@ __all__ = [
 
 #: Terminal states that are not a success, in the order ``status`` shows them.
 BAD_STATES: tuple[str, ...] = ("failed", "rejected", "expired")
-_IN_FLIGHT = ("submitting", "running", "downloading")
 
 
 # ------------------------------------------------------------------ the lock

@@ -1,4 +1,5 @@
-"""Pacing: a token bucket with a shared pause and an AIMD limit for submissions, a lane for
+"""Pacing: a token bucket with a shared pause and an AIMD limit for submissions, the
+account's limits learnt from 429s (a running-task cap and a request rate), a lane for
 downloads."""
 
 from __future__ import annotations

@@ -133,7 +133,6 @@ class Simulator:
         self._requests = 0
         self._submissions = 0
         self._submitted_bodies: Counter[bytes] = Counter()
-        self._accepted = 0
         self._polls = 0
         self._unknown_polls = 0
         self._downloads = 0

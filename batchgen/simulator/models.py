@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 from batchgen.manifest.catalogue import (
-    PROVIDER_SUBMIT_SHAPES,
     ModelSchema,
     load_models_in,
     model_dirs,
@@ -20,9 +19,8 @@ from batchgen.manifest.catalogue import (
 from batchgen.manifest.modelspec import ModelSpec, spec_of
 from batchgen.simulator.png import MAX_SIDE
 
-__all__ = ["SUBMIT_SHAPES", "SimModel", "body_problems", "image_size", "load_models"]
+__all__ = ["SimModel", "body_problems", "image_size", "load_models"]
 
-SUBMIT_SHAPES = PROVIDER_SUBMIT_SHAPES
 _SIZE_RE = re.compile(r"^\s*(\d{1,5})\s*[xX*]\s*(\d{1,5})\s*$")
 
 

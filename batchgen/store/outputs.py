@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import IO, Any, Literal
 
 from batchgen.errors import BatchgenError
+from batchgen.manifest.inputs import sniff_format as _sniff_any_format
 from batchgen.store.queries import legacy_image
 from batchgen.store.records import DONE, ImageRecord, JobRecord, ResultInfo
 from batchgen.store.state import StateStore
@@ -50,7 +51,6 @@ EXTENSIONS: dict[str, str] = {"png": "png", "jpeg": "jpg", "webp": "webp"}
 _EXTS = frozenset(EXTENSIONS.values())
 _FORMAT_ALIASES = {"png": "png", "jpeg": "jpeg", "jpg": "jpeg", "webp": "webp"}
 _JOB_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
-_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _PNG_IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"
 _HEAD = 65536
 _RUN_TEMP_RE = re.compile(r"\.(metadata\.jsonl|metrics\.prom)\.[0-9]+\.tmp")
@@ -86,14 +86,10 @@ def normalize_format(fmt: str | None) -> str | None:
 
 
 def sniff_format(head: bytes) -> str | None:
-    """The image format from its first bytes (``png``, ``jpeg``, ``webp``) or ``None``."""
-    if head.startswith(_PNG_MAGIC):
-        return "png"
-    if head[:3] == b"\xff\xd8\xff":
-        return "jpeg"
-    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        return "webp"
-    return None
+    """The image format from its first bytes (``png``, ``jpeg``, ``webp``) or ``None`` (any
+    other format, even one :func:`batchgen.manifest.inputs.sniff_format` knows)."""
+    fmt = _sniff_any_format(head)
+    return fmt if fmt in EXTENSIONS else None
 
 
 def _png_size(head: bytes) -> tuple[int | None, int | None]:
