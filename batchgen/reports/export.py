@@ -26,7 +26,6 @@ import contextlib
 import csv
 import json
 import os
-import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,21 +127,6 @@ def _row(
     return record
 
 
-def _costs_per_image(store: StateStore) -> dict[str, float | None]:
-    """job_id -> estimated USD per image of its billable submissions (None: unknown)."""
-    out: dict[str, float | None] = {}
-    try:
-        rows = store._conn.execute(
-            "SELECT job_id, SUM(COALESCE(usd, 0)), SUM(usd IS NULL), MAX(images)"
-            " FROM submissions GROUP BY job_id"
-        ).fetchall()
-    except sqlite3.OperationalError:  # a state file from before the spend ledger
-        return out
-    for job_id, total, unpriced, images in rows:
-        out[job_id] = None if unpriced else round(float(total) / max(int(images or 1), 1), 6)
-    return out
-
-
 def export_rows(
     runs: Path | str | Sequence[Path | str],
     *,
@@ -164,7 +148,7 @@ def export_rows(
     for i, run in enumerate(paths):
         run_dir = _run_dir(run)
         with StateStore.open_readonly(run) as store:
-            costs = _costs_per_image(store) if cost else {}
+            costs = store.costs_per_image() if cost else {}
             for job in store.iter_jobs([DONE] if state == "done" else None):
                 first = owner.get(job.job_id)
                 if first is not None:

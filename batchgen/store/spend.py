@@ -74,6 +74,21 @@ def spend_totals(conn: sqlite3.Connection) -> dict[str, Any]:
     return total
 
 
+def costs_per_image(conn: sqlite3.Connection) -> dict[str, float | None]:
+    """job_id -> estimated USD per image of its billable submissions (None: a price unknown)."""
+    try:
+        rows = conn.execute(
+            "SELECT job_id, SUM(COALESCE(usd, 0)), SUM(usd IS NULL), MAX(images)"
+            " FROM submissions GROUP BY job_id"
+        ).fetchall()
+    except sqlite3.OperationalError:  # schema version 1: no submissions recorded
+        return {}
+    return {
+        job_id: None if unpriced else round(float(total) / max(int(images or 1), 1), 6)
+        for job_id, total, unpriced, images in rows
+    }
+
+
 def read_spend_info(conn: sqlite3.Connection) -> dict[str, Any]:
     """The ``spend`` record of ``meta`` (balances, stop reason); empty when there is none."""
     row = conn.execute("SELECT value FROM meta WHERE key='spend'").fetchone()
@@ -102,6 +117,10 @@ class SpendLedger(JobTransitions):
     def spend(self) -> dict[str, Any]:
         """:func:`spend_totals` of this file."""
         return spend_totals(self._conn)
+
+    def costs_per_image(self) -> dict[str, float | None]:
+        """:func:`costs_per_image` of this file."""
+        return costs_per_image(self._conn)
 
     def spend_info(self) -> dict[str, Any]:
         """:func:`read_spend_info` of this file."""
